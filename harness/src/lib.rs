@@ -1,0 +1,809 @@
+//! The tutorial's StatefulSet, modelled for real on one machine: the demo, the end-to-end
+//! tests and the benchmark all run their clusters through this crate.
+//!
+//! Pod N of a cluster owns the loopback address 127.0.<subnet>.(10+N), runs a real MariaDB
+//! mysqld on :3306 of it and the agent's backup server on :3307, and is named
+//! `mysql-N.<service>` through a block of /etc/hosts lines (so replication threads and the
+//! agent resolve peers exactly as in Kubernetes). Its volumes are directories: `conf.d/` (the
+//! emptyDir), the cluster's shared `config-map/`, and `data/` (the PersistentVolume). Its
+//! containers are processes started in the StatefulSet's order: `mysql-agent init-config`,
+//! `mysql-agent clone`, mysqld (initialised like the mysql image does on an empty data dir,
+//! with `root@'%'` and an empty password), then the `mysql-agent serve-backup` sidecar. A pod
+//! counts as Ready when `SELECT 1` answers over TCP, the tutorial's readiness probe, and the
+//! next pod starts then (OrderedReady), whatever the sidecar is doing.
+//!
+//! Clusters that may run at the same time need distinct service names and subnets.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Row};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+pub const STATEFULSET: &str = "mysql";
+pub const MYSQL_PORT: u16 = 3306;
+pub const BACKUP_PORT: u16 = 3307;
+/// Names registered in /etc/hosts per cluster; a cluster may scale up to this many pods.
+pub const MAX_PODS: u32 = 8;
+/// The ConfigMap of the tutorial, with MariaDB's replica option: mariadbd refuses to start
+/// with the tutorial's `super-read-only`.
+pub const PRIMARY_CNF: &str = "# Apply this config only on the primary.\n[mysqld]\nlog-bin\n";
+pub const REPLICA_CNF: &str = "# Apply this config only on replicas.\n[mysqld]\nread-only\n";
+/// How long an init container may run (a clone of a large dataset included).
+pub const INIT_CONTAINER_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// How long mysqld may take to answer after starting (crash recovery included).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a process gets to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// What serve-backup logs once its listener is bound.
+const SIDECAR_STARTED: &str = "serving backups";
+/// The packages every pod needs, installed on first use when missing.
+pub const PACKAGES: [&str; 3] = ["mariadb-server", "mariadb-backup", "ncat"];
+
+/// Where and how a cluster runs.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// The headless Service name: pods are `mysql-N.<service>`.
+    pub service: String,
+    /// Pods get 127.0.<subnet>.(10+N).
+    pub subnet: u8,
+    /// A directory for every pod's volumes and logs; emptied first.
+    pub root: PathBuf,
+    /// The mysql-agent binary under test.
+    pub agent: PathBuf,
+}
+
+pub struct Cluster {
+    spec: ClusterSpec,
+    config_map: PathBuf,
+    pods: Vec<Pod>,
+    _hosts: HostsBlock,
+}
+
+impl Cluster {
+    /// Prepares an empty cluster (no pod yet): directories, ConfigMap, /etc/hosts names.
+    pub async fn create(spec: ClusterSpec) -> Result<Self> {
+        ensure!(
+            nix::unistd::geteuid().is_root(),
+            "the cluster harness runs mysqld as root and names pods in /etc/hosts: run it as root"
+        );
+        ensure_packages()?;
+        ensure!(
+            spec.agent.is_file(),
+            "the agent binary {} does not exist (build it first)",
+            spec.agent.display()
+        );
+        if spec.root.exists() {
+            fs::remove_dir_all(&spec.root)
+                .with_context(|| format!("emptying {}", spec.root.display()))?;
+        }
+        let config_map = spec.root.join("config-map");
+        fs::create_dir_all(&config_map)?;
+        fs::write(config_map.join("master.cnf"), PRIMARY_CNF)?;
+        fs::write(config_map.join("slave.cnf"), REPLICA_CNF)?;
+        let names: Vec<(Ipv4Addr, String)> = (0..MAX_PODS)
+            .map(|n| (pod_addr(spec.subnet, n), pod_host(&spec.service, n)))
+            .collect();
+        let hosts = HostsBlock::install(&spec.service, &names)?;
+        Ok(Self {
+            spec,
+            config_map,
+            pods: Vec::new(),
+            _hosts: hosts,
+        })
+    }
+
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    pub fn pod(&self, ordinal: u32) -> &Pod {
+        &self.pods[ordinal as usize]
+    }
+
+    pub fn pod_mut(&mut self, ordinal: u32) -> &mut Pod {
+        &mut self.pods[ordinal as usize]
+    }
+
+    pub fn primary(&self) -> &Pod {
+        self.pod(0)
+    }
+
+    pub fn replicas(&self) -> &[Pod] {
+        &self.pods[1..]
+    }
+
+    /// Adds pods one by one, each through its init containers to Ready, as the StatefulSet
+    /// controller does with `kubectl scale`.
+    pub async fn scale_to(&mut self, replicas: u32) -> Result<()> {
+        ensure!(replicas <= MAX_PODS, "at most {MAX_PODS} pods");
+        while (self.pods.len() as u32) < replicas {
+            self.add_pod().await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the next pod's directories without running anything, for tests that drive
+    /// its containers one by one.
+    pub fn new_pod(&mut self) -> Result<u32> {
+        let ordinal = self.pods.len() as u32;
+        ensure!(ordinal < MAX_PODS, "at most {MAX_PODS} pods");
+        let pod = Pod::new(&self.spec, &self.config_map, ordinal)?;
+        self.pods.push(pod);
+        Ok(ordinal)
+    }
+
+    /// Starts the next pod: init-config, clone, mysqld, Ready, serve-backup.
+    pub async fn add_pod(&mut self) -> Result<()> {
+        let ordinal = self.new_pod()?;
+        let pod = self.pod_mut(ordinal);
+        pod.init_config().await?;
+        pod.clone_data(&[]).await?;
+        pod.start_mysqld().await?;
+        pod.start_sidecar(&[]).await?;
+        Ok(())
+    }
+
+    /// Stops every pod: sidecars by SIGTERM (an error if one exits non-zero), then mysqld.
+    pub async fn stop(mut self) -> Result<()> {
+        let mut failures = Vec::new();
+        for pod in self.pods.iter_mut().rev() {
+            if pod.sidecar_running() {
+                match pod.stop_sidecar().await {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => {
+                        failures.push(format!("{} serve-backup exited with {status}", pod.name))
+                    }
+                    Err(e) => failures.push(format!("{}: {e:#}", pod.name)),
+                }
+            }
+            if let Err(e) = pod.stop_mysqld().await {
+                failures.push(format!("{}: {e:#}", pod.name));
+            }
+        }
+        ensure!(
+            failures.is_empty(),
+            "stopping the cluster: {}",
+            failures.join("; ")
+        );
+        Ok(())
+    }
+
+    /// Waits until every replica has `rows` rows in `table`.
+    pub async fn wait_replicated(&self, table: &str, rows: u64, timeout: Duration) -> Result<()> {
+        for pod in self.replicas() {
+            pod.wait_row_count(table, rows, timeout).await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn pod_addr(subnet: u8, ordinal: u32) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, subnet, 10 + ordinal as u8)
+}
+
+pub fn pod_name(ordinal: u32) -> String {
+    format!("{STATEFULSET}-{ordinal}")
+}
+
+pub fn pod_host(service: &str, ordinal: u32) -> String {
+    format!("{}.{service}", pod_name(ordinal))
+}
+
+/// One pod: its identity, its volumes, and its running containers.
+pub struct Pod {
+    pub ordinal: u32,
+    pub name: String,
+    /// The pod's DNS name, `mysql-N.<service>`.
+    pub host: String,
+    pub addr: Ipv4Addr,
+    pub dir: PathBuf,
+    service: String,
+    agent: PathBuf,
+    config_map: PathBuf,
+    mysqld: Option<Child>,
+    sidecar: Option<Child>,
+}
+
+impl Pod {
+    fn new(spec: &ClusterSpec, config_map: &Path, ordinal: u32) -> Result<Self> {
+        let name = pod_name(ordinal);
+        let dir = spec.root.join(&name);
+        // Each pod has its own /tmp, as in Kubernetes: a starting mysqld deletes every `#sql*`
+        // file in its tmpdir, including another pod's tables being installed.
+        for sub in ["conf.d", "data", "run", "logs", "tmp"] {
+            fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let addr = pod_addr(spec.subnet, ordinal);
+        let pod = Self {
+            ordinal,
+            host: pod_host(&spec.service, ordinal),
+            name,
+            addr,
+            dir,
+            service: spec.service.clone(),
+            agent: spec.agent.clone(),
+            config_map: config_map.to_owned(),
+            mysqld: None,
+            sidecar: None,
+        };
+        fs::write(pod.defaults_file(), pod.my_cnf())?;
+        Ok(pod)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.join("conf.d")
+    }
+
+    pub fn defaults_file(&self) -> PathBuf {
+        self.dir.join("my.cnf")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/mysqld.sock")
+    }
+
+    /// The log of one container: `init-config`, `clone`, `serve-backup` or `mysqld`.
+    pub fn log(&self, container: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{container}.log"))
+    }
+
+    pub fn backup_addr(&self) -> String {
+        format!("{}:{BACKUP_PORT}", self.addr)
+    }
+
+    fn my_cnf(&self) -> String {
+        let d = self.dir.display();
+        format!(
+            "[mysqld]\nuser=root\ndatadir={d}/data\nsocket={d}/run/mysqld.sock\npid-file={d}/run/mysqld.pid\ntmpdir={d}/tmp\n\
+             port={MYSQL_PORT}\nbind-address={addr}\nlog-error={d}/logs/mysqld.log\nskip-name-resolve\n\
+             innodb_buffer_pool_size=64M\ninnodb_log_file_size=48M\n!includedir {d}/conf.d\n",
+            addr = self.addr
+        )
+    }
+
+    /// The agent in one of its modes, as the StatefulSet runs it, logging to its container log.
+    pub fn agent_command(&self, mode: &str, extra: &[&str]) -> Result<Command> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(mode))
+            .with_context(|| format!("opening {}", self.log(mode).display()))?;
+        let mut cmd = Command::new(&self.agent);
+        cmd.arg(mode)
+            .args(["--pod-name", &self.name, "--service", &self.service])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    async fn run_init_container(&self, mode: &str, extra: &[&str]) -> Result<()> {
+        let status = run_to_end(self.agent_command(mode, extra)?, INIT_CONTAINER_TIMEOUT)
+            .await
+            .with_context(|| format!("{} {mode}", self.name))?;
+        ensure!(
+            status.success(),
+            "{} {mode} exited with {status}; its log {} ends with:\n{}",
+            self.name,
+            self.log(mode).display(),
+            tail(&self.log(mode), 15)
+        );
+        Ok(())
+    }
+
+    pub async fn init_config(&self) -> Result<()> {
+        let (cm, conf) = (
+            self.config_map.display().to_string(),
+            self.conf_dir().display().to_string(),
+        );
+        self.run_init_container(
+            "init-config",
+            &["--config-map-dir", &cm, "--conf-dir", &conf],
+        )
+        .await
+    }
+
+    /// Runs the clone init container; `extra` adds flags (donors, timeouts) for tests.
+    pub async fn clone_data(&self, extra: &[&str]) -> Result<()> {
+        let data = self.data_dir().display().to_string();
+        let mut args = vec!["--data-dir", data.as_str()];
+        args.extend_from_slice(extra);
+        self.run_init_container("clone", &args).await
+    }
+
+    /// Starts mysqld (initialising an empty data dir as the mysql image does) and waits for
+    /// the tutorial's readiness probe to pass.
+    pub async fn start_mysqld(&mut self) -> Result<()> {
+        let fresh = !self.data_dir().join("mysql").exists();
+        if fresh {
+            self.initialise().await?;
+        }
+        self.mysqld = Some(self.spawn_mysqld()?);
+        if fresh {
+            self.create_root_anywhere().await?;
+        }
+        self.wait_ready(READY_TIMEOUT).await
+    }
+
+    fn spawn_mysqld(&self) -> Result<Child> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log("mysqld"))?;
+        Command::new(mariadbd())
+            .arg(format!(
+                "--defaults-file={}",
+                self.defaults_file().display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting mysqld for {}", self.name))
+    }
+
+    async fn initialise(&self) -> Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log("install-db"))?;
+        let mut cmd = Command::new("mariadb-install-db");
+        cmd.arg(format!(
+            "--defaults-file={}",
+            self.defaults_file().display()
+        ))
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+        let status = run_to_end(cmd, READY_TIMEOUT).await?;
+        ensure!(
+            status.success(),
+            "mariadb-install-db for {} exited with {status}: {}\nmysqld log:\n{}",
+            self.name,
+            tail(&self.log("install-db"), 3),
+            tail(&self.log("mysqld"), 20)
+        );
+        Ok(())
+    }
+
+    /// The mysql image's MYSQL_ALLOW_EMPTY_PASSWORD: root from anywhere, no password, kept
+    /// out of the binary log as the image's entrypoint does.
+    async fn create_root_anywhere(&self) -> Result<()> {
+        let opts = OptsBuilder::default()
+            .socket(Some(self.socket().display().to_string()))
+            .user(Some("root"));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut conn = loop {
+            match Conn::new(opts.clone()).await {
+                Ok(conn) => break conn,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e)
+                        .context(format!("{} never accepted a socket connection", self.name));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        conn.query_drop(
+            "SET SQL_LOG_BIN=0; CREATE USER 'root'@'%' IDENTIFIED BY ''; \
+             GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION",
+        )
+        .await?;
+        conn.disconnect().await?;
+        Ok(())
+    }
+
+    /// The tutorial's readiness probe: `SELECT 1` over TCP.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.query_rows::<u8>("SELECT 1").await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).context(format!(
+                        "{} not ready after {timeout:?}; mysqld log: {}",
+                        self.name,
+                        tail(&self.log("mysqld"), 10)
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+            if let Some(status) = self
+                .mysqld
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.mysqld = None;
+                bail!(
+                    "{} mysqld exited with {status}: {}",
+                    self.name,
+                    tail(&self.log("mysqld"), 10)
+                );
+            }
+        }
+    }
+
+    /// Stops mysqld as Kubernetes does (SIGTERM, then wait).
+    pub async fn stop_mysqld(&mut self) -> Result<()> {
+        if let Some(child) = self.mysqld.take() {
+            stop(child, &format!("{} mysqld", self.name)).await?;
+        }
+        Ok(())
+    }
+
+    /// Kills mysqld without a shutdown (OOM kill, node loss).
+    pub async fn kill_mysqld(&mut self) -> Result<()> {
+        if let Some(mut child) = self.mysqld.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn start_sidecar(&mut self, extra: &[&str]) -> Result<()> {
+        let data = self.data_dir().display().to_string();
+        let listen = self.backup_addr();
+        let mysql_host = self.addr.to_string();
+        let mut args = vec![
+            "--data-dir",
+            data.as_str(),
+            "--listen",
+            listen.as_str(),
+            "--mysql-host",
+            mysql_host.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let log = self.log("serve-backup");
+        let already = fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(SIDECAR_STARTED)
+            .count();
+        let mut child = self
+            .agent_command("serve-backup", &args)?
+            .spawn()
+            .with_context(|| format!("starting serve-backup for {}", self.name))?;
+        // Started means listening, as a startup probe would see it; a signal sent before the
+        // process has even reached main() could not be handled.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(SIDECAR_STARTED)
+            .count()
+            == already
+        {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{} serve-backup exited with {status} at start-up: {}",
+                    self.name,
+                    tail(&log, 10)
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} serve-backup never started listening",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.sidecar = Some(child);
+        Ok(())
+    }
+
+    pub fn sidecar_running(&self) -> bool {
+        self.sidecar.is_some()
+    }
+
+    pub fn sidecar_pid(&self) -> Option<u32> {
+        self.sidecar.as_ref().and_then(Child::id)
+    }
+
+    /// SIGTERM to the sidecar, as the kubelet sends; returns how it exited.
+    pub async fn stop_sidecar(&mut self) -> Result<ExitStatus> {
+        let child = self.sidecar.take().context("the sidecar is not running")?;
+        stop(child, &format!("{} serve-backup", self.name)).await
+    }
+
+    /// SIGKILL to the sidecar (OOM kill, node loss).
+    pub async fn kill_sidecar(&mut self) -> Result<()> {
+        if let Some(mut child) = self.sidecar.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a container's log has `needle` at least `count` times.
+    pub async fn wait_for_log(
+        &self,
+        container: &str,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        let log = self.log(container);
+        let deadline = Instant::now() + timeout;
+        while fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+            < count
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "{} {container} did not log {needle:?} ({count}x) within {timeout:?}: {}",
+                self.name,
+                tail(&log, 10)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until this replica's sidecar has configured replication (once per sidecar run).
+    pub async fn wait_replication_configured(&self, runs: usize) -> Result<()> {
+        self.wait_for_log(
+            "serve-backup",
+            "replication is configured",
+            runs,
+            READY_TIMEOUT,
+        )
+        .await
+    }
+
+    /// A TCP connection as root, the way clients reach the pod.
+    pub async fn conn(&self) -> Result<Conn> {
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(self.addr.to_string())
+            .tcp_port(MYSQL_PORT)
+            .user(Some("root"))
+            .prefer_socket(false);
+        Conn::new(opts)
+            .await
+            .with_context(|| format!("connecting to {} at {}", self.name, self.addr))
+    }
+
+    pub async fn exec(&self, sql: &str) -> Result<()> {
+        let mut conn = self.conn().await?;
+        conn.query_drop(sql)
+            .await
+            .with_context(|| format!("{} on {}", sql, self.name))?;
+        conn.disconnect().await?;
+        Ok(())
+    }
+
+    pub async fn query_rows<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<T>> {
+        let mut conn = self.conn().await?;
+        let rows = conn
+            .query(sql)
+            .await
+            .with_context(|| format!("{} on {}", sql, self.name))?;
+        conn.disconnect().await?;
+        Ok(rows)
+    }
+
+    pub async fn row_count(&self, table: &str) -> Result<u64> {
+        let rows: Vec<u64> = self
+            .query_rows(&format!("SELECT COUNT(*) FROM {table}"))
+            .await?;
+        Ok(rows[0])
+    }
+
+    /// Waits until `table` has `rows` rows here (replication catching up).
+    pub async fn wait_row_count(&self, table: &str, rows: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.row_count(table).await;
+            match seen {
+                Ok(n) if n == rows => return Ok(()),
+                _ if Instant::now() > deadline => bail!(
+                    "{} has {seen:?} rows in {table} after {timeout:?}, expected {rows}; replication: {:?}",
+                    self.name,
+                    self.replica_status().await
+                ),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// SHOW SLAVE STATUS as (column, value) pairs; `None` on a non-replica.
+    pub async fn replica_status(&self) -> Result<Option<Vec<(String, String)>>> {
+        let rows: Vec<Row> = self.query_rows("SHOW SLAVE STATUS").await?;
+        Ok(rows.first().map(|row| {
+            row.columns_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let value = match row.as_ref(i) {
+                        Some(mysql_async::Value::Bytes(b)) => {
+                            String::from_utf8_lossy(b).into_owned()
+                        }
+                        Some(mysql_async::Value::NULL) | None => String::new(),
+                        Some(v) => v.as_sql(false),
+                    };
+                    (c.name_str().into_owned(), value)
+                })
+                .collect()
+        }))
+    }
+
+    /// One column of SHOW SLAVE STATUS.
+    pub async fn replica_field(&self, column: &str) -> Result<Option<String>> {
+        Ok(self
+            .replica_status()
+            .await?
+            .and_then(|cols| cols.into_iter().find(|(c, _)| c == column).map(|(_, v)| v)))
+    }
+}
+
+/// Runs a command to its end within `timeout`, killing it past that.
+pub async fn run_to_end(mut cmd: Command, timeout: Duration) -> Result<ExitStatus> {
+    let mut child = cmd
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a process")?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => Ok(status?),
+        Err(_) => {
+            child.kill().await?;
+            bail!("still running after {timeout:?}; killed")
+        }
+    }
+}
+
+async fn stop(mut child: Child, what: &str) -> Result<ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+        Ok(status) => Ok(status?),
+        Err(_) => {
+            child.kill().await?;
+            bail!("{what} did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed")
+        }
+    }
+}
+
+/// The last `lines` lines of a log, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn mariadbd() -> PathBuf {
+    // Debian installs it in /usr/sbin, which a non-login PATH may lack.
+    find_on_path("mariadbd").unwrap_or_else(|| PathBuf::from("/usr/sbin/mariadbd"))
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Installs MariaDB and mariadb-backup from Debian when they are missing.
+pub fn ensure_packages() -> Result<()> {
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done {
+        return Ok(());
+    }
+    let present = [
+        "mariadbd",
+        "mariadb-install-db",
+        "mariadb-backup",
+        "mbstream",
+        "ncat",
+    ]
+    .iter()
+    .all(|tool| find_on_path(tool).is_some());
+    if !present {
+        for args in [
+            vec!["update", "-qq"],
+            [vec!["install", "-y", "-qq"], PACKAGES.to_vec()].concat(),
+        ] {
+            let status = std::process::Command::new("apt-get")
+                .args(&args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .context("running apt-get (is this Debian?)")?;
+            ensure!(
+                status.success(),
+                "apt-get {} failed with {status}",
+                args.join(" ")
+            );
+        }
+    }
+    *done = true;
+    Ok(())
+}
+
+/// Lines in /etc/hosts naming one cluster's pods, removed when dropped.
+struct HostsBlock {
+    begin: String,
+    end: String,
+}
+
+const HOSTS: &str = "/etc/hosts";
+
+impl HostsBlock {
+    fn install(tag: &str, names: &[(Ipv4Addr, String)]) -> Result<Self> {
+        let block = Self {
+            begin: format!("# mysql-agent-harness {tag} begin"),
+            end: format!("# mysql-agent-harness {tag} end"),
+        };
+        let mut lines = vec![block.begin.clone()];
+        lines.extend(names.iter().map(|(addr, name)| format!("{addr}\t{name}")));
+        lines.push(block.end.clone());
+        block.rewrite(Some(&lines.join("\n")))?;
+        Ok(block)
+    }
+
+    /// Replaces this block (or removes it) under an exclusive lock, writing in place because
+    /// /etc/hosts is often a bind mount that cannot be renamed over.
+    fn rewrite(&self, block: Option<&str>) -> Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(HOSTS)
+            .with_context(|| format!("opening {HOSTS}"))?;
+        let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .context("locking /etc/hosts")?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let mut kept = Vec::new();
+        let mut inside = false;
+        for line in text.lines() {
+            if line == self.begin {
+                inside = true;
+            } else if line == self.end {
+                inside = false;
+            } else if !inside {
+                kept.push(line);
+            }
+        }
+        if let Some(block) = block {
+            kept.push(block);
+        }
+        let mut out = kept.join("\n");
+        out.push('\n');
+        let f: &mut File = &mut file;
+        f.seek(SeekFrom::Start(0))?;
+        f.set_len(0)?;
+        f.write_all(out.as_bytes())?;
+        Ok(())
+    }
+}
+
+impl Drop for HostsBlock {
+    fn drop(&mut self) {
+        let _ = self.rewrite(None);
+    }
+}

@@ -1,0 +1,374 @@
+//! The command-line contract. Every flag also reads an environment variable, so the same
+//! image can be configured from a manifest's `env:` or `args:`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::backup_tool::BackupTool;
+use crate::clone::{self, Donor};
+use crate::init_config;
+use crate::mysql::MysqlTarget;
+use crate::pod::PodIdentity;
+use crate::protocol;
+use crate::replication::Source;
+use crate::serve;
+
+const ABOUT: &str =
+    "Replicated MySQL and MariaDB on a Kubernetes StatefulSet, without an operator.";
+const LONG_ABOUT: &str = "\
+Replicated MySQL and MariaDB on a Kubernetes StatefulSet, without an operator.
+
+One binary replaces the three bash scripts of the Kubernetes tutorial \"Run a Replicated \
+Stateful Application\", in the same places of the same StatefulSet:
+
+  init-config   first initContainer: server-id from the pod's ordinal, master.cnf or slave.cnf into conf.d
+  clone         second initContainer: an empty replica's data dir becomes a prepared copy of a peer's data
+  serve-backup  sidecar: replication is pointed at the primary, then backups are served to peers on 3307
+
+Pod <statefulset>-0 is the primary; the others are replicas. Peers are reached as \
+<statefulset>-<n>.<service>. Logs go to stderr; RUST_LOG sets the level (default info).";
+
+#[derive(Debug, Parser)]
+#[command(name = "mysql-agent", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write server-id.cnf and the role's config into conf.d (first initContainer).
+    #[command(
+        long_about = "Write server-id.cnf (server-id = offset + ordinal) and copy master.cnf (ordinal 0) or \
+slave.cnf (other ordinals) from the ConfigMap mount into mysqld's conf.d; primary.cnf and replica.cnf are \
+accepted too. Files are written atomically and a rerun gives the same result."
+    )]
+    InitConfig(InitConfigArgs),
+    /// Clone a peer's data into an empty replica data dir (second initContainer).
+    #[command(
+        long_about = "Clone a peer's data into this replica's empty data dir: receive the backup stream \
+from a donor's serve-backup on port 3307, extract it natively (every chunk's CRC checked, paths confined), \
+check that it is complete, prepare it with the backup tool, move it into place and record completion durably. \
+Ordinal 0 does nothing; a data dir holding a completed clone or a server's data is left alone; an interrupted \
+clone is removed and redone. Donors are tried in order with back-off until one serves."
+    )]
+    Clone(CloneArgs),
+    /// Point replication at the primary, then serve backups to peers (sidecar).
+    #[command(
+        long_about = "On a replica, point replication at the primary from the coordinates the clone left \
+(xtrabackup_slave_info or xtrabackup_binlog_info), once, in the server's own dialect, waiting for mysqld with \
+back-off. Then serve backups on --listen: each client gets the backup tool's xbstream followed by an \
+end-of-stream entry (mysql_agent_stream_status); `ncat --recv-only <pod> 3307 | xbstream -x` keeps working. \
+A replica refuses backups until its replication is configured. SIGTERM stops it cleanly with exit code 0."
+    )]
+    ServeBackup(ServeBackupArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PodArgs {
+    /// This pod's name, <statefulset>-<ordinal> [default: the hostname, which Kubernetes sets to the pod name]
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// The headless Service giving each pod its DNS name, <pod>.<service>
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_SERVICE",
+        value_name = "NAME",
+        default_value = "mysql"
+    )]
+    pub service: String,
+}
+
+impl PodArgs {
+    pub fn identity(&self) -> Result<PodIdentity> {
+        let name = match &self.pod_name {
+            Some(name) => name.clone(),
+            None => nix::unistd::gethostname()
+                .context("reading the hostname (pass --pod-name)")?
+                .into_string()
+                .map_err(|h| {
+                    anyhow::anyhow!("the hostname {h:?} is not UTF-8 (pass --pod-name)")
+                })?,
+        };
+        PodIdentity::parse(&name, &self.service)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupToolArgs {
+    /// The backup tool [default: xtrabackup, else mariadb-backup, else mariabackup, on PATH]
+    #[arg(long, env = "MYSQL_AGENT_BACKUP_TOOL", value_name = "PATH")]
+    pub backup_tool: Option<PathBuf>,
+}
+
+impl BackupToolArgs {
+    async fn locate(&self) -> Result<BackupTool> {
+        BackupTool::locate(self.backup_tool.as_deref()).await
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitConfigArgs {
+    #[command(flatten)]
+    pub pod: PodArgs,
+
+    /// Where the ConfigMap with master.cnf and slave.cnf is mounted
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_CONFIG_MAP_DIR",
+        value_name = "DIR",
+        default_value = "/mnt/config-map"
+    )]
+    pub config_map_dir: PathBuf,
+
+    /// mysqld's conf.d (an emptyDir shared with the mysql container)
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_CONF_DIR",
+        value_name = "DIR",
+        default_value = "/mnt/conf.d"
+    )]
+    pub conf_dir: PathBuf,
+
+    /// Added to the ordinal to make the server-id (0 is reserved)
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_SERVER_ID_OFFSET",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub server_id_offset: u32,
+}
+
+impl InitConfigArgs {
+    pub fn into_config(self) -> Result<init_config::Config> {
+        Ok(init_config::Config {
+            pod: self.pod.identity()?,
+            config_map_dir: self.config_map_dir,
+            conf_dir: self.conf_dir,
+            server_id_offset: self.server_id_offset,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CloneArgs {
+    #[command(flatten)]
+    pub pod: PodArgs,
+
+    /// The data dir (the PersistentVolume)
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_DATA_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/mysql"
+    )]
+    pub data_dir: PathBuf,
+
+    /// A peer to clone from, HOST[:PORT] (port 3307 by default); repeat for fallbacks, tried in order
+    /// [default: <statefulset>-<ordinal-1>.<service>, then the lower ordinals down to 0]
+    #[arg(
+        long = "donor",
+        env = "MYSQL_AGENT_DONORS",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    pub donors: Vec<Donor>,
+
+    #[command(flatten)]
+    pub tool: BackupToolArgs,
+
+    /// Give up after this many transfers that started and failed (truncated, corrupt, failed prepare)
+    #[arg(long, env = "MYSQL_AGENT_MAX_ATTEMPTS", value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Give up when no donor could serve at all (down, busy, not ready) for this long
+    #[arg(long, env = "MYSQL_AGENT_DONOR_WAIT", value_name = "DURATION", default_value = "30m",
+          value_parser = humantime::parse_duration)]
+    pub donor_wait: Duration,
+
+    /// A transfer that receives no byte for this long has stalled and is retried
+    #[arg(long, env = "MYSQL_AGENT_STALL_TIMEOUT", value_name = "DURATION", default_value = "5m",
+          value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// Refuse streams without the agent's end-of-stream entry, i.e. from the tutorial's ncat sidecar
+    /// (by default they are accepted when the backup's own completion files are present)
+    #[arg(long, env = "MYSQL_AGENT_REQUIRE_END_MARKER")]
+    pub require_end_marker: bool,
+}
+
+impl CloneArgs {
+    pub async fn into_config(self) -> Result<clone::Config> {
+        let pod = self.pod.identity()?;
+        let donors = if self.donors.is_empty() {
+            pod.default_donor_hosts()
+                .into_iter()
+                .map(|host| Donor {
+                    host,
+                    port: protocol::DEFAULT_PORT,
+                })
+                .collect()
+        } else {
+            self.donors
+        };
+        Ok(clone::Config {
+            pod,
+            data_dir: self.data_dir,
+            donors,
+            tool: self.tool.locate().await?,
+            max_attempts: self.max_attempts,
+            donor_wait: self.donor_wait,
+            stall_timeout: self.stall_timeout.max(Duration::from_secs(1)),
+            require_end_marker: self.require_end_marker,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeBackupArgs {
+    #[command(flatten)]
+    pub pod: PodArgs,
+
+    /// The data dir (the PersistentVolume), where the clone left its coordinates
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_DATA_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/mysql"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Address the backup server listens on
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:3307"
+    )]
+    pub listen: SocketAddr,
+
+    /// The local mysqld's address
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_MYSQL_HOST",
+        value_name = "HOST",
+        default_value = "127.0.0.1"
+    )]
+    pub mysql_host: String,
+
+    /// The local mysqld's port
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_MYSQL_PORT",
+        value_name = "PORT",
+        default_value_t = 3306
+    )]
+    pub mysql_port: u16,
+
+    /// The account used on the local mysqld, for replication setup and by the backup tool
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_MYSQL_USER",
+        value_name = "USER",
+        default_value = "root"
+    )]
+    pub mysql_user: String,
+
+    /// The primary, as replicas reach it [default: <statefulset>-0.<service>]
+    #[arg(long, env = "MYSQL_AGENT_PRIMARY_HOST", value_name = "HOST")]
+    pub primary_host: Option<String>,
+
+    /// The primary's mysqld port
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_PRIMARY_PORT",
+        value_name = "PORT",
+        default_value_t = 3306
+    )]
+    pub primary_port: u16,
+
+    #[command(flatten)]
+    pub tool: BackupToolArgs,
+
+    /// Backups served at the same time; further clients are told to retry
+    #[arg(long, env = "MYSQL_AGENT_MAX_BACKUPS", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_backups: u32,
+}
+
+impl ServeBackupArgs {
+    pub async fn into_config(self) -> Result<serve::Config> {
+        let pod = self.pod.identity()?;
+        let mysql = MysqlTarget {
+            host: self.mysql_host,
+            port: self.mysql_port,
+            user: self.mysql_user,
+            password: None,
+        };
+        let source = Source {
+            host: self.primary_host.unwrap_or_else(|| pod.primary_host()),
+            port: self.primary_port,
+            user: mysql.user.clone(),
+            password: String::new(),
+        };
+        Ok(serve::Config {
+            tool: self.tool.locate().await?,
+            pod,
+            data_dir: self.data_dir,
+            listen: self.listen,
+            mysql,
+            source,
+            max_backups: self.max_backups as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from(["mysql-agent", "clone", "--pod-name", "mysql-2"]).unwrap();
+        let Command::Clone(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.data_dir, PathBuf::from("/var/lib/mysql"));
+        assert_eq!(args.stall_timeout, Duration::from_secs(300));
+        assert!(args.donors.is_empty());
+
+        let cli = Cli::try_parse_from([
+            "mysql-agent",
+            "clone",
+            "--donor",
+            "a:1",
+            "--donor",
+            "b",
+            "--donor-wait",
+            "90s",
+        ])
+        .unwrap();
+        let Command::Clone(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.donors.len(), 2);
+        assert_eq!(args.donors[1].port, 3307);
+        assert_eq!(args.donor_wait, Duration::from_secs(90));
+
+        assert!(Cli::try_parse_from(["mysql-agent", "clone", "--donor", "a:b"]).is_err());
+        assert!(Cli::try_parse_from(["mysql-agent", "clone", "--max-attempts", "0"]).is_err());
+    }
+}

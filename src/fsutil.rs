@@ -1,0 +1,116 @@
+//! Durable file-system operations: atomic replacement, directory fsync, whole-fs sync.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Replaces `path` with `contents` so a reader (or a crash) sees the old file or the new one,
+/// never a mix: write a temporary sibling, fsync it, rename it over, fsync the directory.
+///
+/// The temporary name starts with a dot and ends in `.tmp`, so neither mysqld's `!includedir`
+/// (which reads `*.cnf`) nor a backup tool walking the data dir picks up a leftover.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = parent(path);
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    write().with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    fsync_dir(dir)
+}
+
+/// Makes the directory's entries (creations, renames, removals) durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsyncing directory {}", dir.display()))
+}
+
+/// Flushes every dirty page of the file system holding `path`: one sync after writing many
+/// files instead of an fsync per file.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    nix::unistd::syncfs(&dir)
+        .with_context(|| format!("syncing the file system of {}", path.display()))
+}
+
+/// Whether anything (even a dangling symlink) is at `path`; other errors are reported.
+pub fn exists(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
+    }
+}
+
+/// Removes a file or a whole directory tree; a missing path is not an error.
+pub fn remove_all(path: &Path) -> Result<()> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    };
+    result.with_context(|| format!("removing {}", path.display()))
+}
+
+/// The names in a directory, sorted.
+pub fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server-id.cnf");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(list_dir(dir.path()).unwrap(), vec!["server-id.cnf"]);
+    }
+
+    #[test]
+    fn atomic_write_names_the_unwritable_path() {
+        let err = write_atomic(Path::new("/nonexistent-dir/x.cnf"), b"x").unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent-dir/.x.cnf.tmp"));
+    }
+
+    #[test]
+    fn remove_all_handles_files_trees_and_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/b/f"), b"x").unwrap();
+        fs::write(dir.path().join("g"), b"x").unwrap();
+        remove_all(&dir.path().join("a")).unwrap();
+        remove_all(&dir.path().join("g")).unwrap();
+        remove_all(&dir.path().join("missing")).unwrap();
+        assert!(list_dir(dir.path()).unwrap().is_empty());
+        assert!(!exists(&dir.path().join("a")).unwrap());
+    }
+}

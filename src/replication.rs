@@ -1,0 +1,690 @@
+//! Pointing a replica at the primary from a clone's coordinates, in the local server's dialect,
+//! at most once and without ever crash-looping.
+//!
+//! The pure half (dialects, statements, the decision of what to do) is separate from the
+//! half that talks to mysqld, so every version's SQL is unit-tested without a server.
+
+use std::fmt;
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail, ensure};
+use mysql_async::Value;
+use mysql_async::prelude::Queryable;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::coordinates::{Coordinates, Position};
+use crate::fsutil;
+use crate::mysql::{self, MysqlTarget};
+use crate::retry;
+
+/// What `MASTER_CONNECT_RETRY` the tutorial used: seconds between the IO thread's reconnects.
+pub const SOURCE_CONNECT_RETRY_SECS: u32 = 10;
+/// Written in the data dir once replication has been set up from the clone's coordinates, so
+/// they are never applied twice (which would replay or skip transactions). A dotfile: the
+/// backup tools skip it, so it never travels to another pod.
+pub const RECORD_FILE: &str = ".mysql-agent-replication";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerFlavor {
+    MySql,
+    MariaDb,
+}
+
+/// A server's flavor and version, from `SELECT VERSION()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerVersion {
+    pub flavor: ServerFlavor,
+    pub major: u16,
+    pub minor: u16,
+    pub patch: u16,
+}
+
+impl ServerVersion {
+    /// Parses `8.0.36`, `8.4.3-log`, `5.7.44-48-log` (Percona), `10.11.19-MariaDB-0+deb12u1-log`
+    /// and the `5.5.5-` prefix MariaDB shows old clients.
+    pub fn parse(version: &str) -> Result<Self> {
+        let flavor = if version.contains("MariaDB") {
+            ServerFlavor::MariaDb
+        } else {
+            ServerFlavor::MySql
+        };
+        let bare = match flavor {
+            ServerFlavor::MariaDb => version.strip_prefix("5.5.5-").unwrap_or(version),
+            ServerFlavor::MySql => version,
+        };
+        let numbers = bare.split(['-', '+']).next().unwrap_or_default();
+        let mut parts = numbers.split('.').map(str::parse::<u16>);
+        let mut next = || -> Result<u16> {
+            parts
+                .next()
+                .context("too few components")?
+                .context("not a number")
+        };
+        let parsed = (|| Ok::<_, anyhow::Error>((next()?, next()?, next()?)))()
+            .with_context(|| format!("unrecognised server version {version:?}"))?;
+        Ok(Self {
+            flavor,
+            major: parsed.0,
+            minor: parsed.1,
+            patch: parsed.2,
+        })
+    }
+
+    fn at_least(&self, major: u16, minor: u16, patch: u16) -> bool {
+        (self.major, self.minor, self.patch) >= (major, minor, patch)
+    }
+
+    fn mysql_at_least(&self, major: u16, minor: u16, patch: u16) -> bool {
+        self.flavor == ServerFlavor::MySql && self.at_least(major, minor, patch)
+    }
+
+    /// MySQL 8.0.22 added the REPLICA verbs; 8.4 removed the SLAVE ones. MariaDB keeps SLAVE.
+    fn replica_verbs(&self) -> bool {
+        self.mysql_at_least(8, 0, 22)
+    }
+
+    /// MySQL 8.0.23 added CHANGE REPLICATION SOURCE TO and SOURCE_* options.
+    fn source_syntax(&self) -> bool {
+        self.mysql_at_least(8, 0, 23)
+    }
+
+    pub fn status_statement(&self) -> &'static str {
+        if self.replica_verbs() {
+            "SHOW REPLICA STATUS"
+        } else {
+            "SHOW SLAVE STATUS"
+        }
+    }
+
+    pub fn start_statement(&self) -> &'static str {
+        if self.replica_verbs() {
+            "START REPLICA"
+        } else {
+            "START SLAVE"
+        }
+    }
+
+    fn stop_statement(&self) -> &'static str {
+        if self.replica_verbs() {
+            "STOP REPLICA"
+        } else {
+            "STOP SLAVE"
+        }
+    }
+}
+
+impl fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.flavor {
+            ServerFlavor::MySql => "MySQL",
+            ServerFlavor::MariaDb => "MariaDB",
+        };
+        write!(f, "{name} {}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The primary as the replica's IO thread should reach it.
+#[derive(Clone)]
+pub struct Source {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A statement to run, and the text that may be logged (password masked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    pub redacted: String,
+}
+
+impl Statement {
+    fn plain(sql: impl Into<String>) -> Self {
+        let sql = sql.into();
+        Self {
+            redacted: sql.clone(),
+            sql,
+        }
+    }
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// A string literal, escaped for the session's `NO_BACKSLASH_ESCAPES` setting.
+fn literal(s: &str, no_backslash_escapes: bool) -> String {
+    Value::from(s).as_sql(no_backslash_escapes)
+}
+
+/// The statements that point a freshly cloned server at `source` from `position`, stopping
+/// any replication first so a re-run cannot fail with "running slave io thread" (ERROR 3021).
+pub fn setup_statements(
+    server: &ServerVersion,
+    position: &Position,
+    source: &Source,
+    no_backslash_escapes: bool,
+) -> Result<Vec<Statement>> {
+    let lit = |s: &str| literal(s, no_backslash_escapes);
+    let mariadb = server.flavor == ServerFlavor::MariaDb;
+    match (position, mariadb) {
+        (Position::MariaDbGtid { .. }, false) => {
+            bail!("the clone carries a MariaDB GTID position but the local server is {server}")
+        }
+        (Position::MysqlGtid { .. }, true) => {
+            bail!("the clone carries a MySQL GTID set but the local server is {server}")
+        }
+        _ => {}
+    }
+    let mut out = vec![Statement::plain(server.stop_statement())];
+    match position {
+        Position::MariaDbGtid { gtid_pos } => out.push(Statement::plain(format!(
+            "SET GLOBAL gtid_slave_pos = {}",
+            lit(gtid_pos)
+        ))),
+        Position::MysqlGtid { gtid_set } => {
+            // gtid_purged can only be set on a server whose GTID history is empty.
+            let reset = if server.mysql_at_least(8, 2, 0) {
+                "RESET BINARY LOGS AND GTIDS"
+            } else {
+                "RESET MASTER"
+            };
+            out.push(Statement::plain(reset));
+            out.push(Statement::plain(format!(
+                "SET GLOBAL gtid_purged = {}",
+                lit(gtid_set)
+            )));
+        }
+        Position::File { .. } => {}
+    }
+
+    let (change, opt) = if server.source_syntax() {
+        ("CHANGE REPLICATION SOURCE TO", "SOURCE")
+    } else {
+        ("CHANGE MASTER TO", "MASTER")
+    };
+    const PASSWORD_OPTION: usize = 3;
+    let mut options = vec![
+        format!("{opt}_HOST={}", lit(&source.host)),
+        format!("{opt}_PORT={}", source.port),
+        format!("{opt}_USER={}", lit(&source.user)),
+        format!("{opt}_PASSWORD={}", lit(&source.password)),
+        format!("{opt}_CONNECT_RETRY={SOURCE_CONNECT_RETRY_SECS}"),
+    ];
+    match position {
+        Position::File { file, pos } => {
+            options.push(format!("{opt}_LOG_FILE={}", lit(file)));
+            options.push(format!("{opt}_LOG_POS={pos}"));
+            if mariadb {
+                // 10.10+ would otherwise pick a GTID mode on its own; be explicit.
+                options.push("MASTER_USE_GTID=no".into());
+            }
+        }
+        Position::MariaDbGtid { .. } => options.push("MASTER_USE_GTID=slave_pos".into()),
+        Position::MysqlGtid { .. } => options.push(format!("{opt}_AUTO_POSITION=1")),
+    }
+    // caching_sha2_password (MySQL 8's default) over plain TCP needs the source's RSA key;
+    // asking for it is harmless for other plugins.
+    if server.source_syntax() {
+        options.push("GET_SOURCE_PUBLIC_KEY=1".into());
+    } else if server.mysql_at_least(8, 0, 0) {
+        options.push("GET_MASTER_PUBLIC_KEY=1".into());
+    }
+    let sql = format!("{change} {}", options.join(", "));
+    options[PASSWORD_OPTION] = format!("{opt}_PASSWORD=<redacted>");
+    let redacted = format!("{change} {}", options.join(", "));
+    out.push(Statement { sql, redacted });
+    out.push(Statement::plain(server.start_statement()));
+    Ok(out)
+}
+
+/// The columns of SHOW SLAVE/REPLICA STATUS the agent reads, under either spelling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub source_host: String,
+    pub io_running: String,
+    pub sql_running: String,
+    pub last_io_error: String,
+    pub last_sql_error: String,
+    pub seconds_behind: Option<u64>,
+}
+
+impl ReplicaStatus {
+    /// `column` returns a column's text, `None` when absent or NULL. MySQL 8.0.22+ spells them
+    /// Replica_*/Source_*; MariaDB and older MySQL Slave_*/Master_*.
+    pub fn from_columns(column: impl Fn(&str) -> Option<String>) -> Self {
+        let either = |new: &str, old: &str| column(new).or_else(|| column(old)).unwrap_or_default();
+        Self {
+            source_host: either("Source_Host", "Master_Host"),
+            io_running: either("Replica_IO_Running", "Slave_IO_Running"),
+            sql_running: either("Replica_SQL_Running", "Slave_SQL_Running"),
+            last_io_error: either("Last_IO_Error", "Last_IO_Error"),
+            last_sql_error: either("Last_SQL_Error", "Last_SQL_Error"),
+            seconds_behind: column("Seconds_Behind_Source")
+                .or_else(|| column("Seconds_Behind_Master"))
+                .and_then(|s| s.parse().ok()),
+        }
+    }
+
+    pub fn both_threads_running(&self) -> bool {
+        self.io_running == "Yes" && self.sql_running == "Yes"
+    }
+
+    fn has_error(&self) -> bool {
+        !self.last_io_error.is_empty() || !self.last_sql_error.is_empty()
+    }
+}
+
+/// What the sidecar must do about replication on start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing is configured and the clone left coordinates: apply them.
+    Configure,
+    /// An earlier run configured the source but stopped before starting the threads.
+    Start,
+    /// Replication points at the primary; record that if not yet recorded.
+    AlreadyConfigured,
+    /// Replication points at another host: someone else manages it.
+    Foreign { host: String },
+    /// It was configured once and has since been removed: re-applying the clone's old
+    /// coordinates would replay transactions, so a human must decide.
+    Removed,
+    /// Neither replication nor coordinates: this replica cannot be set up by the agent.
+    NoCoordinates,
+}
+
+pub fn decide(
+    status: Option<&ReplicaStatus>,
+    recorded: bool,
+    has_coordinates: bool,
+    primary_host: &str,
+) -> Action {
+    match status {
+        None if recorded => Action::Removed,
+        None if has_coordinates => Action::Configure,
+        None => Action::NoCoordinates,
+        Some(s) if !s.source_host.eq_ignore_ascii_case(primary_host) => Action::Foreign {
+            host: s.source_host.clone(),
+        },
+        Some(s) if !recorded && s.io_running == "No" && s.sql_running == "No" && !s.has_error() => {
+            Action::Start
+        }
+        Some(_) => Action::AlreadyConfigured,
+    }
+}
+
+/// How replication setup ended, for the backup server's readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Replication points at the primary.
+    Configured,
+    /// Left alone; the reason says why.
+    NotConfigured(String),
+}
+
+/// Reads SHOW SLAVE/REPLICA STATUS; `None` when the server is not a replica.
+pub async fn read_status(
+    conn: &mut mysql_async::Conn,
+    server: &ServerVersion,
+) -> Result<Option<ReplicaStatus>> {
+    let rows: Vec<mysql_async::Row> = conn
+        .query(server.status_statement())
+        .await
+        .with_context(|| format!("running {}", server.status_statement()))?;
+    ensure!(
+        rows.len() <= 1,
+        "{} returned {} rows: multi-source replication is not supported",
+        server.status_statement(),
+        rows.len()
+    );
+    Ok(rows
+        .first()
+        .map(|row| ReplicaStatus::from_columns(|name| mysql::column_text(row, name))))
+}
+
+/// Brings replication of the local server in line with the clone's coordinates: waits for
+/// mysqld, decides (see [`decide`]), acts, records. Transient failures are retried with
+/// back-off until `cancel`; only cancellation ends it with an error.
+pub async fn ensure_configured(
+    target: &MysqlTarget,
+    source: &Source,
+    data_dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<Outcome> {
+    let coordinates = match crate::coordinates::read_from_dir(data_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            // Unusable coordinates will not improve by retrying; say so and stay up.
+            return Ok(Outcome::NotConfigured(format!("{e:#}")));
+        }
+    };
+    let record = data_dir.join(RECORD_FILE);
+    let mut delays = retry::backoff();
+    loop {
+        match configure_once(target, source, coordinates.as_ref(), &record, cancel).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if cancel.is_cancelled() => return Err(e),
+            Err(e) => {
+                let delay = delays.next().unwrap_or(retry::MAX_DELAY);
+                warn!(error = %format_args!("{e:#}"), retry_in = ?delay, "replication setup failed; retrying");
+                retry::sleep(delay, cancel).await?;
+            }
+        }
+    }
+}
+
+async fn configure_once(
+    target: &MysqlTarget,
+    source: &Source,
+    coordinates: Option<&Coordinates>,
+    record: &Path,
+    cancel: &CancellationToken,
+) -> Result<Outcome> {
+    let mut conn = mysql::connect_with_retry(target, cancel).await?;
+    let server = mysql::server_info(&mut conn).await?;
+    let status = read_status(&mut conn, &server.version).await?;
+    let recorded = fsutil::exists(record)?;
+    let action = decide(
+        status.as_ref(),
+        recorded,
+        coordinates.is_some(),
+        &source.host,
+    );
+    info!(server = %server.version, ?action, recorded, "replication state read");
+    let outcome = match action {
+        Action::Configure => {
+            let coordinates = coordinates.expect("decide() checked");
+            let statements = setup_statements(
+                &server.version,
+                &coordinates.position,
+                source,
+                server.no_backslash_escapes,
+            )?;
+            for statement in &statements {
+                info!(%statement, "configuring replication");
+                conn.query_drop(&statement.sql)
+                    .await
+                    .with_context(|| format!("running {statement}"))?;
+            }
+            write_record(
+                record,
+                &format!("{:?} from {:?}", coordinates.position, coordinates.origin),
+            )?;
+            Outcome::Configured
+        }
+        Action::Start => {
+            let start = server.version.start_statement();
+            info!(
+                statement = start,
+                "completing an interrupted setup: starting replication"
+            );
+            conn.query_drop(start)
+                .await
+                .with_context(|| format!("running {start}"))?;
+            write_record(record, "threads started after an interrupted setup")?;
+            Outcome::Configured
+        }
+        Action::AlreadyConfigured => {
+            if !recorded {
+                write_record(record, "found configured")?;
+            }
+            Outcome::Configured
+        }
+        Action::Foreign { host } => Outcome::NotConfigured(format!(
+            "replication points at {host:?}, not the primary {:?}; leaving it alone",
+            source.host
+        )),
+        Action::Removed => Outcome::NotConfigured(format!(
+            "replication was configured (see {}) but is no longer; not re-applying the clone's old coordinates, which would replay transactions",
+            record.display()
+        )),
+        Action::NoCoordinates => Outcome::NotConfigured(
+            "the data dir holds no clone coordinates and the server is not a replica".into(),
+        ),
+    };
+    // Closing politely spares the server an "aborted connection" note; failure is harmless.
+    let _ = conn.disconnect().await;
+    Ok(outcome)
+}
+
+fn write_record(path: &Path, what: &str) -> Result<()> {
+    let when = humantime::format_rfc3339_seconds(SystemTime::now());
+    fsutil::write_atomic(
+        path,
+        format!("configured_at = {when}\nhow = {what}\n").as_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> ServerVersion {
+        ServerVersion::parse(s).unwrap()
+    }
+
+    fn source() -> Source {
+        Source {
+            host: "mysql-0.mysql".into(),
+            port: 3306,
+            user: "repl".into(),
+            password: "s3cr'et\\".into(),
+        }
+    }
+
+    fn sql(server: &str, position: &Position) -> Vec<String> {
+        setup_statements(&v(server), position, &source(), false)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.sql)
+            .collect()
+    }
+
+    fn file_pos() -> Position {
+        Position::File {
+            file: "mysql-bin.000003".into(),
+            pos: 1234,
+        }
+    }
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            v("10.11.19-MariaDB-0+deb12u1-log"),
+            ServerVersion {
+                flavor: ServerFlavor::MariaDb,
+                major: 10,
+                minor: 11,
+                patch: 19
+            }
+        );
+        assert_eq!(v("5.5.5-10.6.12-MariaDB").major, 10);
+        let percona = v("5.7.44-48-log");
+        assert_eq!((percona.flavor, percona.minor), (ServerFlavor::MySql, 7));
+        assert_eq!(v("8.4.3").to_string(), "MySQL 8.4.3");
+        assert!(ServerVersion::parse("banana").is_err());
+        assert!(ServerVersion::parse("8.0").is_err());
+    }
+
+    #[test]
+    fn mariadb_statements() {
+        assert_eq!(
+            sql("10.11.19-MariaDB", &file_pos()),
+            vec![
+                "STOP SLAVE".to_string(),
+                "CHANGE MASTER TO MASTER_HOST='mysql-0.mysql', MASTER_PORT=3306, MASTER_USER='repl', MASTER_PASSWORD='s3cr\\'et\\\\', MASTER_CONNECT_RETRY=10, MASTER_LOG_FILE='mysql-bin.000003', MASTER_LOG_POS=1234, MASTER_USE_GTID=no".into(),
+                "START SLAVE".into(),
+            ]
+        );
+        let gtid = Position::MariaDbGtid {
+            gtid_pos: "0-100-7".into(),
+        };
+        let statements = sql("10.11.19-MariaDB", &gtid);
+        assert_eq!(statements[1], "SET GLOBAL gtid_slave_pos = '0-100-7'");
+        assert!(statements[2].ends_with("MASTER_CONNECT_RETRY=10, MASTER_USE_GTID=slave_pos"));
+    }
+
+    #[test]
+    fn mysql_statements_per_version() {
+        let uuid = "c777888a-b6df-11e2-a604-080027635ef5:1-4";
+        let gtid = Position::MysqlGtid {
+            gtid_set: uuid.into(),
+        };
+        let s57 = sql("5.7.44-log", &gtid);
+        assert_eq!(
+            s57[..3],
+            [
+                "STOP SLAVE",
+                "RESET MASTER",
+                &format!("SET GLOBAL gtid_purged = '{uuid}'")
+            ]
+        );
+        assert!(s57[3].starts_with("CHANGE MASTER TO MASTER_HOST="));
+        assert!(s57[3].ends_with("MASTER_AUTO_POSITION=1"));
+        assert_eq!(s57[4], "START SLAVE");
+
+        let s8021 = sql("8.0.21", &file_pos());
+        assert_eq!(s8021[0], "STOP SLAVE");
+        assert!(s8021[1].ends_with("MASTER_LOG_POS=1234, GET_MASTER_PUBLIC_KEY=1"));
+
+        let s8022 = sql("8.0.22", &file_pos());
+        assert_eq!(
+            (s8022[0].as_str(), s8022[2].as_str()),
+            ("STOP REPLICA", "START REPLICA")
+        );
+        assert!(s8022[1].starts_with("CHANGE MASTER TO"));
+
+        let s8036 = sql("8.0.36", &gtid);
+        assert_eq!(s8036[1], "RESET MASTER");
+        assert!(s8036[3].starts_with(
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST='mysql-0.mysql', SOURCE_PORT=3306"
+        ));
+        assert!(s8036[3].ends_with("SOURCE_AUTO_POSITION=1, GET_SOURCE_PUBLIC_KEY=1"));
+
+        for statements in [sql("8.4.3", &gtid), sql("8.4.3", &file_pos())] {
+            for s in &statements {
+                for removed in ["MASTER", "SLAVE"] {
+                    assert!(!s.contains(removed), "8.4 rejects {s}");
+                }
+            }
+        }
+        assert_eq!(sql("8.4.3", &gtid)[1], "RESET BINARY LOGS AND GTIDS");
+    }
+
+    #[test]
+    fn refuses_a_position_of_the_other_flavor() {
+        let mariadb = Position::MariaDbGtid {
+            gtid_pos: "0-1-1".into(),
+        };
+        assert!(setup_statements(&v("8.0.36"), &mariadb, &source(), false).is_err());
+        let mysql = Position::MysqlGtid {
+            gtid_set: "c777888a-b6df-11e2-a604-080027635ef5:1".into(),
+        };
+        assert!(setup_statements(&v("10.11.2-MariaDB"), &mysql, &source(), false).is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted_and_escaping_follows_sql_mode() {
+        let statements =
+            setup_statements(&v("10.11.19-MariaDB"), &file_pos(), &source(), true).unwrap();
+        let change = &statements[1];
+        assert!(
+            change.sql.contains("MASTER_PASSWORD='s3cr''et\\'"),
+            "{}",
+            change.sql
+        );
+        assert!(!change.redacted.contains("s3cr"));
+        assert!(change.to_string().contains("MASTER_PASSWORD=<redacted>"));
+        let odd_file = Position::File {
+            file: "it's\\odd.000001".into(),
+            pos: 4,
+        };
+        let change =
+            &setup_statements(&v("10.11.19-MariaDB"), &odd_file, &source(), false).unwrap()[1];
+        assert!(
+            change
+                .sql
+                .contains("MASTER_LOG_FILE='it\\'s\\\\odd.000001'"),
+            "{}",
+            change.sql
+        );
+    }
+
+    #[test]
+    fn reads_status_under_both_spellings() {
+        let mariadb = ReplicaStatus::from_columns(|c| match c {
+            "Master_Host" => Some("mysql-0.mysql".into()),
+            "Slave_IO_Running" => Some("Yes".into()),
+            "Slave_SQL_Running" => Some("Yes".into()),
+            "Last_IO_Error" | "Last_SQL_Error" => Some(String::new()),
+            "Seconds_Behind_Master" => Some("3".into()),
+            _ => None,
+        });
+        assert!(mariadb.both_threads_running());
+        assert_eq!(mariadb.seconds_behind, Some(3));
+        let mysql84 = ReplicaStatus::from_columns(|c| match c {
+            "Source_Host" => Some("mysql-0.mysql".into()),
+            "Replica_IO_Running" => Some("Connecting".into()),
+            "Replica_SQL_Running" => Some("Yes".into()),
+            _ => None,
+        });
+        assert_eq!(mysql84.source_host, "mysql-0.mysql");
+        assert!(!mysql84.both_threads_running());
+        assert_eq!(mysql84.seconds_behind, None);
+    }
+
+    #[test]
+    fn decisions() {
+        let primary = "mysql-0.mysql";
+        let status = |host: &str, io: &str, sql: &str, err: &str| ReplicaStatus {
+            source_host: host.into(),
+            io_running: io.into(),
+            sql_running: sql.into(),
+            last_sql_error: err.into(),
+            ..Default::default()
+        };
+        assert_eq!(decide(None, false, true, primary), Action::Configure);
+        assert_eq!(decide(None, false, false, primary), Action::NoCoordinates);
+        assert_eq!(decide(None, true, true, primary), Action::Removed);
+        // Killed between CHANGE MASTER and START SLAVE.
+        let stopped = status(primary, "No", "No", "");
+        assert_eq!(decide(Some(&stopped), false, true, primary), Action::Start);
+        // Once recorded, a stopped replica was stopped on purpose.
+        assert_eq!(
+            decide(Some(&stopped), true, true, primary),
+            Action::AlreadyConfigured
+        );
+        let broken = status(primary, "Yes", "No", "Duplicate entry");
+        assert_eq!(
+            decide(Some(&broken), false, true, primary),
+            Action::AlreadyConfigured
+        );
+        let running = status("MYSQL-0.mysql", "Yes", "Yes", "");
+        assert_eq!(
+            decide(Some(&running), false, true, primary),
+            Action::AlreadyConfigured
+        );
+        let elsewhere = status("other", "Yes", "Yes", "");
+        assert_eq!(
+            decide(Some(&elsewhere), true, true, primary),
+            Action::Foreign {
+                host: "other".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! `serve-backup`: the sidecar. Points replication at the primary from the clone's
+//! coordinates (once), and serves backups to peers on port 3307.
+//!
+//! The listener opens at once, but a replica answers NOT-READY until its replication is
+//! configured: a backup taken before that would carry no coordinates, and the peer cloning
+//! it could never replicate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::backup_tool::BackupTool;
+use crate::mysql::MysqlTarget;
+use crate::pod::PodIdentity;
+use crate::process::Supervised;
+use crate::protocol::{Refusal, StreamStatus};
+use crate::replication::{self, Outcome, Source};
+
+/// Bytes moved per read from the backup tool's stdout.
+const COPY_BUF_LEN: usize = 1024 * 1024;
+/// How long a refusal line or a final status may take to send before the client is dropped.
+const SHORT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long in-flight backups get to wind down after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (out of file descriptors, say) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pod: PodIdentity,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The local mysqld, for replication setup and for the backup tool.
+    pub mysql: MysqlTarget,
+    /// The primary, as the replica's IO thread reaches it.
+    pub source: Source,
+    pub tool: BackupTool,
+    pub max_backups: usize,
+}
+
+/// Whether backups may be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady(String),
+}
+
+/// What every connection handler shares.
+pub struct Server {
+    config: Config,
+    slots: Arc<Semaphore>,
+    readiness: watch::Receiver<Readiness>,
+}
+
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening for backup clients on {}", config.listen))?;
+    info!(listen = %config.listen, tool = %config.tool, "serving backups");
+    let initial = if config.pod.is_primary() {
+        Readiness::Ready
+    } else {
+        Readiness::NotReady("replication is not configured yet".into())
+    };
+    let (ready_tx, readiness) = watch::channel(initial);
+    let setup = (!config.pod.is_primary()).then(|| {
+        let (config, cancel) = (config.clone(), cancel.clone());
+        tokio::spawn(
+            async move {
+                match replication::ensure_configured(
+                    &config.mysql,
+                    &config.source,
+                    &config.data_dir,
+                    &cancel,
+                )
+                .await
+                {
+                    Ok(Outcome::Configured) => {
+                        info!(primary = %config.source.host, "replication is configured");
+                        let _ = ready_tx.send(Readiness::Ready);
+                    }
+                    Ok(Outcome::NotConfigured(reason)) => {
+                        error!(%reason, "replication is not configured; backups will be refused");
+                        let _ = ready_tx.send(Readiness::NotReady(reason));
+                    }
+                    Err(e) if cancel.is_cancelled() => {
+                        info!(error = %format_args!("{e:#}"), "replication setup interrupted")
+                    }
+                    Err(e) => error!(error = %format_args!("{e:#}"), "replication setup failed"),
+                }
+            }
+            .instrument(info_span!("replication")),
+        )
+    });
+    let server = Arc::new(Server {
+        slots: Arc::new(Semaphore::new(config.max_backups)),
+        config,
+        readiness,
+    });
+    serve(listener, server, cancel).await;
+    if let Some(setup) = setup {
+        setup.abort();
+    }
+    Ok(())
+}
+
+/// Accepts clients until `cancel`, then gives in-flight backups [`SHUTDOWN_GRACE`] to end.
+pub async fn serve(listener: TcpListener, server: Arc<Server>, cancel: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let (server, cancel) = (Arc::clone(&server), cancel.clone());
+                tracker.spawn(
+                    async move { handle(socket, &server, &cancel).await }
+                        .instrument(info_span!("backup", %peer)),
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a backup client failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("backups still running after the shutdown grace period");
+    }
+}
+
+async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationToken) {
+    let refusal = match &*server.readiness.borrow() {
+        Readiness::NotReady(reason) => Some(Refusal::NotReady(reason.clone())),
+        Readiness::Ready => None,
+    };
+    let permit = match refusal {
+        Some(refusal) => Err(refusal),
+        None => Arc::clone(&server.slots).try_acquire_owned().map_err(|_| {
+            Refusal::Busy(format!(
+                "already serving {} backup(s); retry later",
+                server.config.max_backups
+            ))
+        }),
+    };
+    let _permit = match permit {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            info!(%refusal, "refusing a backup client");
+            let line = refusal.to_line();
+            let _ =
+                tokio::time::timeout(SHORT_WRITE_TIMEOUT, socket.write_all(line.as_bytes())).await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    info!("serving a backup");
+    match stream_backup(&mut socket, server, cancel).await {
+        Ok(status) => {
+            let chunks = status.to_chunks();
+            let sent = tokio::time::timeout(SHORT_WRITE_TIMEOUT, async {
+                socket.write_all(&chunks).await?;
+                socket.shutdown().await
+            })
+            .await;
+            let elapsed = started.elapsed();
+            match (&status.failure, sent) {
+                (None, Ok(Ok(()))) => info!(bytes = status.stream_bytes, ?elapsed, "backup served"),
+                (Some(reason), _) => {
+                    warn!(%reason, bytes = status.stream_bytes, "backup failed; the client was told")
+                }
+                (None, _) => warn!("backup completed but the client left before its status"),
+            }
+        }
+        Err(e) => warn!(error = %format_args!("{e:#}"), "backup aborted"),
+    }
+}
+
+/// Runs the backup tool with its stdout copied to the client. Returns the status to append,
+/// or an error when the client is gone or the agent is shutting down (the tool is then
+/// killed with its process group before returning).
+async fn stream_backup(
+    socket: &mut TcpStream,
+    server: &Server,
+    cancel: &CancellationToken,
+) -> Result<StreamStatus> {
+    let config = &server.config;
+    let mut command = config.tool.backup_command(&config.data_dir, &config.mysql);
+    command.stdout(std::process::Stdio::piped());
+    let mut child = Supervised::spawn(command, "backup")?;
+    let mut stdout = child
+        .take_stdout()
+        .context("the backup tool has no stdout")?;
+    let mut buf = vec![0u8; COPY_BUF_LEN];
+    let mut sent: u64 = 0;
+    let copied: Result<()> = async {
+        loop {
+            let n = tokio::select! {
+                n = stdout.read(&mut buf) => n.context("reading the backup tool's output")?,
+                () = cancel.cancelled() => anyhow::bail!("the agent is shutting down"),
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                r = socket.write_all(&buf[..n]) => r.context("sending to the client")?,
+                () = cancel.cancelled() => anyhow::bail!("the agent is shutting down"),
+            }
+            sent += n as u64;
+        }
+    }
+    .await;
+    if let Err(e) = copied {
+        let finished = child.kill().await?;
+        return Err(e.context(format!(
+            "after {sent} bytes; backup tool killed ({})",
+            finished.describe()
+        )));
+    }
+    let finished = child.wait().await?;
+    let failure = (!finished.completed_ok())
+        .then(|| format!("{} {}", config.tool.path.display(), finished.describe()));
+    Ok(StreamStatus {
+        failure,
+        stream_bytes: sent,
+        tool: config.tool.to_string(),
+    })
+}
