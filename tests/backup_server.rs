@@ -1,0 +1,252 @@
+//! The backup server's contract on real pods: one backup at a time with an explicit busy
+//! answer, children killed with their group, SIGTERM, compatibility with the tutorial's
+//! `ncat | xbstream` clients, and cloning from the tutorial's own ncat sidecar.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{backup_tool_pids, eventually, read, spec};
+use mysql_agent::protocol::{LINE_PREFIX, STATUS_ENTRY};
+use mysql_agent::xbstream::{self, Extractor, Flavor};
+use mysql_agent_harness::{BACKUP_PORT, Cluster, run_to_end};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// A primary with enough rows that a backup outlasts the socket buffers.
+async fn primary_with_data(service: &str, subnet: u8) -> Cluster {
+    let mut cluster = Cluster::create(spec(service, subnet)).await.unwrap();
+    cluster.scale_to(1).await.unwrap();
+    cluster
+        .primary()
+        .exec(
+            "CREATE DATABASE test; USE test; CREATE TABLE t (id INT PRIMARY KEY, pad CHAR(200)); \
+             INSERT INTO t SELECT seq, REPEAT('x', 200) FROM seq_1_to_20000",
+        )
+        .await
+        .unwrap();
+    cluster
+}
+
+async fn read_all(mut socket: TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    socket.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_client_is_told_busy_and_a_gone_client_frees_the_slot() {
+    let cluster = primary_with_data("busy", 4).await;
+    let pod = cluster.primary();
+    let data_dir = pod.data_dir();
+
+    // The first client connects and reads nothing: the tool blocks once the buffers fill.
+    let mut first = TcpStream::connect(pod.backup_addr()).await.unwrap();
+    let mut head = [0u8; 8];
+    first.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, xbstream::MAGIC);
+    assert_eq!(backup_tool_pids(&data_dir).len(), 1);
+
+    let started = Instant::now();
+    let second = read_all(TcpStream::connect(pod.backup_addr()).await.unwrap()).await;
+    let line = String::from_utf8(second).unwrap();
+    assert!(line.starts_with(&format!("{LINE_PREFIX}BUSY ")), "{line:?}");
+    assert!(started.elapsed() < PROMPTLY);
+
+    // The first client goes away mid-stream: its backup tool (and group) is killed.
+    drop(first);
+    let log = pod.log("serve-backup");
+    eventually(PROMPTLY, "the backup tool to be killed", || {
+        backup_tool_pids(&data_dir).is_empty() && read(&log).contains("backup aborted")
+    })
+    .await;
+
+    // And the next client gets a whole backup with a completed status entry.
+    let stream = read_all(TcpStream::connect(pod.backup_addr()).await.unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = Extractor::new(dir.path(), Flavor::MariaDb)
+        .with_trailer(STATUS_ENTRY)
+        .extract(&stream[..])
+        .unwrap();
+    let status =
+        mysql_agent::protocol::StreamStatus::parse(&summary.trailer.unwrap().contents).unwrap();
+    assert_eq!(status.failure, None);
+    assert!(dir.path().join("test/t.frm").is_file());
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_stream_exits_zero_promptly_and_kills_the_tool() {
+    let mut cluster = primary_with_data("sigterm", 5).await;
+    let data_dir = cluster.primary().data_dir();
+    let mut client = TcpStream::connect(cluster.primary().backup_addr())
+        .await
+        .unwrap();
+    let mut head = [0u8; 8];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(backup_tool_pids(&data_dir).len(), 1);
+
+    let started = Instant::now();
+    let status = cluster.pod_mut(0).stop_sidecar().await.unwrap();
+    assert!(status.success(), "serve-backup exited with {status}");
+    assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
+    assert!(backup_tool_pids(&data_dir).is_empty());
+
+    // What the client got is not a backup the agent's clone would accept.
+    let mut rest = head.to_vec();
+    client.read_to_end(&mut rest).await.unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    let verdict = Extractor::new(dir.path(), Flavor::MariaDb)
+        .with_trailer(STATUS_ENTRY)
+        .extract(&rest[..])
+        .map(|s| {
+            s.trailer
+                .map(|t| mysql_agent::protocol::StreamStatus::parse(&t.contents).unwrap())
+        });
+    match verdict {
+        Err(_) => {}
+        Ok(Some(status)) => assert!(status.failure.is_some(), "{status:?}"),
+        // Cut between two files: no status entry, and the tool never wrote its last file.
+        Ok(None) => assert!(!dir.path().join("xtrabackup_info").exists()),
+    }
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tutorial_clients_still_work_with_ncat_and_mbstream() {
+    let cluster = primary_with_data("ncat", 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "ncat --recv-only {} {BACKUP_PORT} | mbstream -x -C {}",
+        cluster.primary().addr,
+        dir.path().display()
+    );
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &pipeline]);
+    let status = run_to_end(sh, Duration::from_secs(120)).await.unwrap();
+    assert!(status.success());
+    for file in ["xtrabackup_checkpoints", "xtrabackup_info", "test/t.frm"] {
+        assert!(dir.path().join(file).is_file(), "{file} missing");
+    }
+    // The agent's status entry is one more small file to such a client.
+    let status_file = read(&dir.path().join(STATUS_ENTRY));
+    assert!(status_file.contains("status = completed"), "{status_file}");
+
+    let mut prepare = Command::new("mariadb-backup");
+    prepare
+        .arg("--prepare")
+        .arg(format!("--target-dir={}", dir.path().display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert!(
+        run_to_end(prepare, Duration::from_secs(120))
+            .await
+            .unwrap()
+            .success()
+    );
+    // A table created since the last checkpoint travels as t.new; prepare makes it t.ibd.
+    assert!(dir.path().join("test/t.ibd").is_file());
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_clones_from_the_tutorials_ncat_sidecar() {
+    // mysql-0 runs the tutorial's sidecar (ncat + the backup tool), not the agent: the
+    // first step of a pod-by-pod migration.
+    let mut cluster = Cluster::create(spec("legacy", 7)).await.unwrap();
+    let primary = cluster.new_pod().unwrap();
+    let pod = cluster.pod_mut(primary);
+    pod.init_config().await.unwrap();
+    pod.start_mysqld().await.unwrap();
+    pod.exec("CREATE DATABASE test; CREATE TABLE test.t (id INT PRIMARY KEY); INSERT INTO test.t VALUES (1),(2),(3)")
+        .await
+        .unwrap();
+    let tutorial_sidecar = format!(
+        "ncat --listen --keep-open --send-only --max-conns=1 {addr} {BACKUP_PORT} -c \
+         'mariadb-backup --backup --slave-info --stream=xbstream --datadir={data} --host={addr} --user=root 2>/dev/null'",
+        addr = pod.addr,
+        data = pod.data_dir().display()
+    );
+    let mut ncat = Command::new("sh")
+        .args(["-c", &format!("exec {tutorial_sidecar}")])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // A replica whose clone insists on the agent's end-of-stream entry refuses it…
+    let replica = cluster.new_pod().unwrap();
+    let pod = cluster.pod_mut(replica);
+    pod.init_config().await.unwrap();
+    let refused = pod
+        .clone_data(&["--require-end-marker", "--max-attempts", "1"])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("--require-end-marker"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        mysql_agent::fsutil::list_dir(&pod.data_dir()).unwrap(),
+        [mysql_agent::clone::IN_PROGRESS_MARKER]
+    );
+
+    // …and by default accepts it, because the backup's own completion files are there.
+    pod.clone_data(&[]).await.unwrap();
+    let log = read(&pod.log("clone"));
+    assert!(log.contains("no end-of-stream entry"), "{log}");
+    pod.start_mysqld().await.unwrap();
+    pod.start_sidecar(&[]).await.unwrap();
+    cluster
+        .primary()
+        .exec("INSERT INTO test.t VALUES (4)")
+        .await
+        .unwrap();
+    cluster
+        .pod(1)
+        .wait_row_count("test.t", 4, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    ncat.kill().await.unwrap();
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_refuses_backups_until_replication_is_configured() {
+    let mut cluster = Cluster::create(spec("notready", 8)).await.unwrap();
+    cluster.scale_to(2).await.unwrap();
+    let replica = cluster.pod_mut(1);
+    assert!(replica.stop_sidecar().await.unwrap().success());
+    replica.stop_mysqld().await.unwrap();
+    // Without its mysqld the sidecar cannot check replication: it waits, up and refusing.
+    let log = replica.log("serve-backup");
+    let configured = || read(&log).matches("replication is configured").count();
+    let configured_before = configured();
+    replica.start_sidecar(&[]).await.unwrap();
+    let addr = replica.backup_addr();
+    let answer = loop {
+        match TcpStream::connect(&addr).await {
+            Ok(socket) => break String::from_utf8(read_all(socket).await).unwrap(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert!(
+        answer.starts_with(&format!("{LINE_PREFIX}NOT-READY ")),
+        "{answer:?}"
+    );
+
+    replica.start_mysqld().await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "replication to be found configured",
+        || configured() > configured_before,
+    )
+    .await;
+    let stream = read_all(TcpStream::connect(&addr).await.unwrap()).await;
+    assert_eq!(&stream[..8], xbstream::MAGIC);
+    cluster.stop().await.unwrap();
+}

@@ -1,0 +1,314 @@
+//! The command-line contract, run as the real binary: help texts, exit codes and messages
+//! for bad input, and nothing written when the input is bad.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::AGENT;
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(AGENT)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_documents_every_flag_and_its_environment_variable() {
+    let top = String::from_utf8(agent(&["--help"]).stdout).unwrap();
+    for mode in ["init-config", "clone", "serve-backup"] {
+        assert!(top.contains(mode), "{top}");
+    }
+    let contract: &[(&str, &[(&str, &str)])] = &[
+        (
+            "init-config",
+            &[
+                ("--pod-name", "POD_NAME"),
+                ("--service", "MYSQL_AGENT_SERVICE"),
+                ("--config-map-dir", "MYSQL_AGENT_CONFIG_MAP_DIR"),
+                ("--conf-dir", "MYSQL_AGENT_CONF_DIR"),
+                ("--server-id-offset", "MYSQL_AGENT_SERVER_ID_OFFSET"),
+            ],
+        ),
+        (
+            "clone",
+            &[
+                ("--pod-name", "POD_NAME"),
+                ("--service", "MYSQL_AGENT_SERVICE"),
+                ("--data-dir", "MYSQL_AGENT_DATA_DIR"),
+                ("--donor", "MYSQL_AGENT_DONORS"),
+                ("--backup-tool", "MYSQL_AGENT_BACKUP_TOOL"),
+                ("--max-attempts", "MYSQL_AGENT_MAX_ATTEMPTS"),
+                ("--donor-wait", "MYSQL_AGENT_DONOR_WAIT"),
+                ("--stall-timeout", "MYSQL_AGENT_STALL_TIMEOUT"),
+                ("--require-end-marker", "MYSQL_AGENT_REQUIRE_END_MARKER"),
+            ],
+        ),
+        (
+            "serve-backup",
+            &[
+                ("--pod-name", "POD_NAME"),
+                ("--service", "MYSQL_AGENT_SERVICE"),
+                ("--data-dir", "MYSQL_AGENT_DATA_DIR"),
+                ("--listen", "MYSQL_AGENT_LISTEN"),
+                ("--mysql-host", "MYSQL_AGENT_MYSQL_HOST"),
+                ("--mysql-port", "MYSQL_AGENT_MYSQL_PORT"),
+                ("--mysql-user", "MYSQL_AGENT_MYSQL_USER"),
+                ("--primary-host", "MYSQL_AGENT_PRIMARY_HOST"),
+                ("--primary-port", "MYSQL_AGENT_PRIMARY_PORT"),
+                ("--backup-tool", "MYSQL_AGENT_BACKUP_TOOL"),
+                ("--max-backups", "MYSQL_AGENT_MAX_BACKUPS"),
+            ],
+        ),
+    ];
+    for (mode, flags) in contract {
+        let out = agent(&[mode, "--help"]);
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        for (flag, env) in *flags {
+            assert!(help.contains(flag), "{mode} --help lacks {flag}:\n{help}");
+            assert!(
+                help.contains(&format!("[env: {env}")),
+                "{mode} --help lacks {env}:\n{help}"
+            );
+        }
+    }
+    let defaults = String::from_utf8(agent(&["serve-backup", "--help"]).stdout).unwrap();
+    for default in [
+        "0.0.0.0:3307",
+        "127.0.0.1",
+        "3306",
+        "/var/lib/mysql",
+        "<statefulset>-0.<service>",
+    ] {
+        assert!(defaults.contains(default), "{default} missing:\n{defaults}");
+    }
+}
+
+fn config_dirs() -> (tempfile::TempDir, String, String) {
+    let root = tempfile::tempdir().unwrap();
+    let cm = root.path().join("config-map");
+    let conf = root.path().join("conf.d");
+    fs::create_dir(&cm).unwrap();
+    fs::create_dir(&conf).unwrap();
+    fs::write(cm.join("master.cnf"), "[mysqld]\nlog-bin\n").unwrap();
+    fs::write(cm.join("slave.cnf"), "[mysqld]\nsuper-read-only\n").unwrap();
+    let (cm, conf) = (cm.display().to_string(), conf.display().to_string());
+    (root, cm, conf)
+}
+
+#[test]
+fn init_config_writes_the_role_files() {
+    let (_root, cm, conf) = config_dirs();
+    let out = agent(&[
+        "init-config",
+        "--pod-name",
+        "mysql-2",
+        "--config-map-dir",
+        &cm,
+        "--conf-dir",
+        &conf,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conf = Path::new(&conf);
+    assert_eq!(
+        fs::read_to_string(conf.join("server-id.cnf")).unwrap(),
+        "[mysqld]\nserver-id=102\n"
+    );
+    assert_eq!(
+        fs::read_to_string(conf.join("slave.cnf")).unwrap(),
+        "[mysqld]\nsuper-read-only\n"
+    );
+    assert!(!conf.join("master.cnf").exists());
+
+    // The environment works as well as flags; POD_NAME is what the downward API sets.
+    let out = Command::new(AGENT)
+        .arg("init-config")
+        .env("POD_NAME", "db-0")
+        .env("MYSQL_AGENT_CONFIG_MAP_DIR", &cm)
+        .env("MYSQL_AGENT_CONF_DIR", conf)
+        .env("MYSQL_AGENT_SERVER_ID_OFFSET", "1000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        fs::read_to_string(conf.join("server-id.cnf"))
+            .unwrap()
+            .contains("server-id=1000")
+    );
+    assert!(conf.join("master.cnf").exists() && !conf.join("slave.cnf").exists());
+}
+
+#[test]
+fn bad_pod_names_fail_clearly_and_write_nothing() {
+    let (_root, cm, conf) = config_dirs();
+    for (name, needle) in [
+        ("mysql", "no ordinal suffix"),
+        ("mysql-x", "numeric ordinal"),
+        ("mysql-99999999999", "out of range"),
+        ("", "empty"),
+    ] {
+        let out = agent(&[
+            "init-config",
+            "--pod-name",
+            name,
+            "--config-map-dir",
+            &cm,
+            "--conf-dir",
+            &conf,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{name:?}");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{name:?}: {err}");
+        assert!(
+            name.is_empty() || err.contains(&format!("{name:?}")),
+            "{name:?} not named: {err}"
+        );
+        assert!(
+            fs::read_dir(&conf).unwrap().next().is_none(),
+            "{name:?} wrote into conf.d"
+        );
+    }
+}
+
+#[test]
+fn init_config_names_a_missing_config_map_file() {
+    let (root, _cm, conf) = config_dirs();
+    let empty = root.path().join("empty-config-map");
+    fs::create_dir(&empty).unwrap();
+    let out = agent(&[
+        "init-config",
+        "--pod-name",
+        "mysql-0",
+        "--config-map-dir",
+        empty.to_str().unwrap(),
+        "--conf-dir",
+        &conf,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("none of master.cnf, primary.cnf found in"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn clone_leaves_unknown_or_unprepared_data_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    fs::write(dir.path().join("notes.txt"), "precious").unwrap();
+    let out = agent(&["clone", "--pod-name", "mysql-1", "--data-dir", &data]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("refusing to clone over it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "precious"
+    );
+
+    // The tutorial's partial clone: data extracted, never prepared.
+    fs::remove_file(dir.path().join("notes.txt")).unwrap();
+    fs::create_dir(dir.path().join("mysql")).unwrap();
+    fs::write(
+        dir.path().join("xtrabackup_checkpoints"),
+        "backup_type = full-backuped\n",
+    )
+    .unwrap();
+    let out = agent(&["clone", "--pod-name", "mysql-1", "--data-dir", &data]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("never prepared"), "{}", stderr(&out));
+    assert!(dir.path().join("mysql").is_dir());
+
+    // A server's data (a pod cloned by the tutorial before migrating) is left as it is.
+    fs::write(
+        dir.path().join("xtrabackup_checkpoints"),
+        "backup_type = full-prepared\n",
+    )
+    .unwrap();
+    let out = agent(&["clone", "--pod-name", "mysql-1", "--data-dir", &data]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("leaving it alone"));
+}
+
+#[test]
+fn clone_on_the_primary_or_into_a_missing_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent(&[
+        "clone",
+        "--pod-name",
+        "mysql-0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
+
+    let missing = dir.path().join("missing");
+    let out = agent(&[
+        "clone",
+        "--pod-name",
+        "mysql-1",
+        "--data-dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("missing does not exist"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn clone_waits_for_donors_then_gives_up_with_the_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on these: a refused connection and an unresolvable name.
+    let started = Instant::now();
+    let out = agent(&[
+        "clone",
+        "--pod-name",
+        "mysql-1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--donor",
+        "127.0.0.1:1",
+        "--donor",
+        "no-such-host.invalid",
+        "--donor-wait",
+        "3s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no donor could serve a backup for 3s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("no-such-host.invalid:3307"),
+        "{err}"
+    );
+    assert!(
+        err.contains("retrying the donors"),
+        "it never waited: {err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Only the in-progress marker is left, which the next run cleans up.
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [mysql_agent::clone::IN_PROGRESS_MARKER]);
+}
