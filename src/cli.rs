@@ -25,9 +25,9 @@ Replicated MySQL and MariaDB on a Kubernetes StatefulSet, without an operator.
 One binary replaces the three bash scripts of the Kubernetes tutorial \"Run a Replicated \
 Stateful Application\", in the same places of the same StatefulSet:
 
-  init-config   first initContainer: server-id from the pod's ordinal, master.cnf or slave.cnf into conf.d
-  clone         second initContainer: an empty replica's data dir becomes a prepared copy of a peer's data
-  serve-backup  sidecar: replication is pointed at the primary, then backups are served to peers on 3307
+  init-config   first initContainer: server-id and the role's config into conf.d
+  clone         second initContainer: an empty replica data dir becomes a peer's copy
+  serve-backup  sidecar: replication from the primary, then backups for peers on 3307
 
 Pod <statefulset>-0 is the primary; the others are replicas. Peers are reached as \
 <statefulset>-<n>.<service>. Logs go to stderr; RUST_LOG sets the level (default info).";
@@ -100,6 +100,18 @@ impl PodArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// mysqld's data dir (the PersistentVolume), where clones land and leave their coordinates
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_DATA_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/mysql"
+    )]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct BackupToolArgs {
     /// The backup tool [default: xtrabackup, else mariadb-backup, else mariabackup, on PATH]
     #[arg(long, env = "MYSQL_AGENT_BACKUP_TOOL", value_name = "PATH")]
@@ -161,14 +173,8 @@ pub struct CloneArgs {
     #[command(flatten)]
     pub pod: PodArgs,
 
-    /// The data dir (the PersistentVolume)
-    #[arg(
-        long,
-        env = "MYSQL_AGENT_DATA_DIR",
-        value_name = "DIR",
-        default_value = "/var/lib/mysql"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataDirArgs,
 
     /// A peer to clone from, HOST[:PORT] (port 3307 by default); repeat for fallbacks, tried in order
     /// [default: <statefulset>-<ordinal-1>.<service>, then the lower ordinals down to 0]
@@ -220,7 +226,7 @@ impl CloneArgs {
         };
         Ok(clone::Config {
             pod,
-            data_dir: self.data_dir,
+            data_dir: self.data.data_dir,
             donors,
             tool: self.tool.locate().await?,
             max_attempts: self.max_attempts,
@@ -236,14 +242,8 @@ pub struct ServeBackupArgs {
     #[command(flatten)]
     pub pod: PodArgs,
 
-    /// The data dir (the PersistentVolume), where the clone left its coordinates
-    #[arg(
-        long,
-        env = "MYSQL_AGENT_DATA_DIR",
-        value_name = "DIR",
-        default_value = "/var/lib/mysql"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataDirArgs,
 
     /// Address the backup server listens on
     #[arg(
@@ -321,7 +321,7 @@ impl ServeBackupArgs {
         Ok(serve::Config {
             tool: self.tool.locate().await?,
             pod,
-            data_dir: self.data_dir,
+            data_dir: self.data.data_dir,
             listen: self.listen,
             mysql,
             source,
@@ -346,7 +346,7 @@ mod tests {
         let Command::Clone(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.data_dir, PathBuf::from("/var/lib/mysql"));
+        assert_eq!(args.data.data_dir, PathBuf::from("/var/lib/mysql"));
         assert_eq!(args.stall_timeout, Duration::from_secs(300));
         assert!(args.donors.is_empty());
 

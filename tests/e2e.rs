@@ -143,6 +143,10 @@ async fn gtid_positions_when_the_primary_has_history() {
 
     // mysql-1 clones the primary: its binlog info carries gtid_current_pos (third column);
     // mysql-2 clones mysql-1: its slave info is `SET GLOBAL gtid_slave_pos …` + slave_pos.
+    cluster.scale_to(2).await.unwrap();
+    // Until its replication is configured mysql-1 answers NOT-READY and mysql-2 would clone
+    // from the primary instead, which is right but not the path under test here.
+    cluster.pod(1).wait_replication_configured(1).await.unwrap();
     cluster.scale_to(3).await.unwrap();
     let position = |pod: u32| {
         let log = read(&cluster.pod(pod).log("clone"));

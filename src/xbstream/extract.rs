@@ -291,13 +291,7 @@ impl<R: Read> Run<'_, R> {
 
     fn payload(&mut self, path: &Path, rewrite: bool) -> Result<()> {
         let (len, offset, crc) = self.payload_header()?;
-        self.open_file(path, rewrite)?;
-        let file = self.open.get_mut(path).expect("opened above");
-        ensure!(
-            offset == file.next,
-            "out-of-order chunk: offset {offset}, expected {}",
-            file.next
-        );
+        let mut file = self.take_file(path, rewrite, offset)?;
         let mut hasher = crc32fast::Hasher::new();
         copy_payload(
             &mut self.input,
@@ -311,6 +305,7 @@ impl<R: Read> Run<'_, R> {
         check_crc(crc, hasher)?;
         file.next = offset + len;
         file.end = file.end.max(file.next);
+        self.open.insert(path.to_owned(), file);
         Ok(())
     }
 
@@ -339,13 +334,7 @@ impl<R: Read> Run<'_, R> {
             mapped == len,
             "sparse map covers {mapped} bytes but the chunk carries {len}"
         );
-        self.open_file(path, false)?;
-        let file = self.open.get_mut(path).expect("opened above");
-        ensure!(
-            offset == file.next,
-            "out-of-order chunk: offset {offset}, expected {}",
-            file.next
-        );
+        let mut file = self.take_file(path, false, offset)?;
         let mut pos = offset;
         for (skip, piece) in holes {
             pos = pos
@@ -368,6 +357,7 @@ impl<R: Read> Run<'_, R> {
         }
         check_crc(crc, hasher)?;
         file.next = pos;
+        self.open.insert(path.to_owned(), file);
         Ok(())
     }
 
@@ -487,6 +477,20 @@ impl<R: Read> Run<'_, R> {
             h.update(&contents[old..]);
             h
         })
+    }
+
+    /// Takes out the open file a data chunk at `offset` continues (opening it on its first
+    /// chunk); the caller puts it back. Chunks of one file arrive in order: a gap or an
+    /// overlap means a corrupt stream.
+    fn take_file(&mut self, path: &Path, rewrite: bool, offset: u64) -> Result<OpenFile> {
+        self.open_file(path, rewrite)?;
+        let file = self.open.remove(path).expect("opened above");
+        ensure!(
+            offset == file.next,
+            "out-of-order chunk: offset {offset}, expected {}",
+            file.next
+        );
+        Ok(file)
     }
 
     /// Opens `path` for its first chunk, creating it exclusively (a file sent twice is an
