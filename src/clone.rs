@@ -46,6 +46,13 @@ pub const IN_PROGRESS_MARKER: &str = ".mysql-agent-clone-in-progress";
 pub const DONE_MARKER: &str = ".mysql-agent-clone-done";
 /// Entries a fresh volume may hold that say nothing about MySQL data.
 const IGNORED_ENTRIES: [&str; 1] = ["lost+found"];
+
+/// Entries that say nothing about the data: a fresh volume's, and the temporary files of the
+/// agent's own atomic writes (a kill while writing the first marker leaves one).
+fn is_ignored(name: &str) -> bool {
+    IGNORED_ENTRIES.contains(&name)
+        || (name.starts_with("..mysql-agent-") && name.ends_with(".tmp"))
+}
 /// How long connecting to one donor may take before trying the next.
 pub const DONOR_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a running clone logs its progress.
@@ -142,10 +149,7 @@ pub enum DataDirState {
 
 /// Classifies a data dir from its top-level names and its checkpoints file's backup_type.
 pub fn classify(entries: &[String], backup_type: Option<&str>) -> DataDirState {
-    let entries: Vec<&String> = entries
-        .iter()
-        .filter(|e| !IGNORED_ENTRIES.contains(&e.as_str()))
-        .collect();
+    let entries: Vec<&String> = entries.iter().filter(|e| !is_ignored(e)).collect();
     let has = |name: &str| entries.iter().any(|e| *e == name);
     if has(DONE_MARKER) {
         DataDirState::CloneDone
@@ -195,6 +199,30 @@ enum AttemptError {
     Unavailable(String),
     /// A transfer started and failed: counts towards `max_attempts`.
     Failed(anyhow::Error),
+    /// The local volume failed (full, over quota, read-only): no retry can help.
+    Fatal(anyhow::Error),
+}
+
+impl AttemptError {
+    /// Sorts an error of a started transfer: the local volume's fault, or the transfer's.
+    fn from_transfer(e: anyhow::Error) -> Self {
+        if is_local_volume_error(&e) {
+            AttemptError::Fatal(e)
+        } else {
+            AttemptError::Failed(e)
+        }
+    }
+}
+
+/// ENOSPC, EDQUOT and EROFS: the data volume cannot take the clone, whoever sends it.
+fn is_local_volume_error(e: &anyhow::Error) -> bool {
+    use nix::libc::{EDQUOT, ENOSPC, EROFS};
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|code| [ENOSPC, EDQUOT, EROFS].contains(&code))
+    })
 }
 
 pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
@@ -283,6 +311,14 @@ async fn clone_from_donors(config: &Config, cancel: &CancellationToken) -> Resul
                     info!(%donor, %reason, "donor cannot serve now; trying the next one");
                     reasons.push(format!("{donor}: {reason}"));
                 }
+                Err(AttemptError::Fatal(e)) => {
+                    let staging = config.data_dir.join(STAGING_DIR);
+                    blocking(fsutil::remove_all, &staging).await?;
+                    return Err(e.context(format!(
+                        "the data volume at {} cannot take the clone; retrying would not help",
+                        config.data_dir.display()
+                    )));
+                }
                 Err(AttemptError::Failed(e)) => {
                     failures += 1;
                     warn!(%donor, failures, max = config.max_attempts, error = %format_args!("{e:#}"), "clone attempt failed");
@@ -346,7 +382,7 @@ async fn attempt(
     watcher.abort();
     reporter.abort();
     let summary = received.map_err(|e| AttemptError::Failed(e.into()))??;
-    let failed = AttemptError::Failed;
+    let failed = AttemptError::from_transfer;
 
     verify_complete(&summary, &staging, config.require_end_marker).map_err(failed)?;
     let coordinates = coordinates::read_from_dir(&staging)
@@ -366,9 +402,11 @@ async fn attempt(
         rate_mib_s = format!("{:.1}", mib(summary.bytes) / elapsed.as_secs_f64().max(1e-3)),
         "stream received and complete; preparing"
     );
+    crate::crash_point!("clone-after-extract");
     prepare(&config.tool, &staging, cancel)
         .await
         .map_err(failed)?;
+    crate::crash_point!("clone-after-prepare");
     Ok(Cloned {
         donor: donor.clone(),
         bytes: summary.bytes,
@@ -401,7 +439,7 @@ fn receive(
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<Summary, AttemptError> {
-    let failed = |e: anyhow::Error| AttemptError::Failed(explain_stall(e, stall));
+    let failed = |e: anyhow::Error| AttemptError::from_transfer(explain_stall(e, stall));
     socket
         .set_read_timeout(Some(stall))
         .map_err(|e| AttemptError::Failed(e.into()))?;
@@ -438,7 +476,7 @@ fn receive(
     }
     fs::create_dir(staging)
         .with_context(|| format!("creating {}", staging.display()))
-        .map_err(AttemptError::Failed)?;
+        .map_err(AttemptError::from_transfer)?;
     Extractor::new(staging, flavor)
         .with_trailer(protocol::STATUS_ENTRY)
         .with_progress(progress)
@@ -526,11 +564,14 @@ async fn prepare(tool: &BackupTool, staging: &Path, cancel: &CancellationToken) 
 /// Moves the prepared clone into place and records it durably (see the module docs).
 fn commit(data_dir: &Path, record: &str) -> Result<()> {
     let staging = data_dir.join(STAGING_DIR);
-    for name in fsutil::list_dir(&staging)? {
+    for (i, name) in fsutil::list_dir(&staging)?.into_iter().enumerate() {
         let to = data_dir.join(&name);
         ensure!(!fsutil::exists(&to)?, "{} already exists", to.display());
         fs::rename(staging.join(&name), &to)
             .with_context(|| format!("moving {name} into {}", data_dir.display()))?;
+        if i == 0 {
+            crate::crash_point!("clone-mid-commit");
+        }
     }
     fsutil::sync_filesystem(data_dir)?;
     fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))?;
@@ -539,11 +580,14 @@ fn commit(data_dir: &Path, record: &str) -> Result<()> {
     fsutil::fsync_dir(data_dir)
 }
 
-/// Removes everything an interrupted clone left in the data dir.
+/// Removes everything an interrupted clone left in the data dir but its in-progress marker,
+/// which must outlive the rest: a kill mid-wipe would otherwise leave partial data with no
+/// marker, for the next run to take for a server's data. The new run rewrites the marker.
 fn wipe(data_dir: &Path) -> Result<()> {
     for name in fsutil::list_dir(data_dir)? {
-        if !IGNORED_ENTRIES.contains(&name.as_str()) {
+        if name != IN_PROGRESS_MARKER && !IGNORED_ENTRIES.contains(&name.as_str()) {
             fsutil::remove_all(&data_dir.join(name))?;
+            crate::crash_point!("clone-mid-wipe");
         }
     }
     fsutil::fsync_dir(data_dir)
@@ -630,6 +674,11 @@ mod tests {
         use DataDirState::*;
         assert_eq!(classify(&[], None), Empty);
         assert_eq!(classify(&names(&["lost+found"]), None), Empty);
+        // Killed while writing the first marker.
+        assert_eq!(
+            classify(&names(&["..mysql-agent-clone-in-progress.tmp"]), None),
+            Empty
+        );
         assert_eq!(
             classify(
                 &names(&[DONE_MARKER, IN_PROGRESS_MARKER, "mysql", "ibdata1"]),
@@ -714,15 +763,22 @@ mod tests {
     }
 
     #[test]
-    fn wipe_keeps_lost_and_found() {
+    fn wipe_keeps_the_marker_and_lost_and_found() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for sub in ["lost+found", STAGING_DIR, "mysql"] {
             fs::create_dir(d.join(sub)).unwrap();
         }
         fs::write(d.join(IN_PROGRESS_MARKER), "x").unwrap();
+        fs::write(d.join("..mysql-agent-clone-done.tmp"), "x").unwrap();
+        fs::write(d.join("ibdata1"), "x").unwrap();
         wipe(d).unwrap();
-        assert_eq!(fsutil::list_dir(d).unwrap(), names(&["lost+found"]));
+        assert_eq!(
+            fsutil::list_dir(d).unwrap(),
+            names(&[IN_PROGRESS_MARKER, "lost+found"])
+        );
+        // Whatever a kill mid-wipe leaves, the marker is still there to say "interrupted".
+        assert_eq!(inspect(d).unwrap(), DataDirState::CloneInterrupted);
     }
 
     #[test]

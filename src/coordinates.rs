@@ -59,14 +59,26 @@ pub fn parse_binlog_info(text: &str) -> Result<BinlogInfo> {
     ensure!(!text.trim().is_empty(), "the file is empty");
     let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
     let first = first.strip_suffix('\r').unwrap_or(first);
+    // The tools write tabs; a hand-written file may use spaces (then names cannot hold one).
     let fields: Vec<&str> = if first.contains('\t') {
         first.splitn(3, '\t').collect()
     } else {
-        first.splitn(3, ' ').filter(|f| !f.is_empty()).collect()
+        // file, position, then the rest of the line as the third field.
+        let mut fields = Vec::new();
+        let mut line = first.trim_start();
+        while !line.is_empty() && fields.len() < 2 {
+            let (word, after) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            fields.push(word);
+            line = after.trim_start();
+        }
+        if !line.is_empty() {
+            fields.push(line);
+        }
+        fields
     };
-    let file = fields[0];
+    let file = fields.first().copied().unwrap_or_default();
     ensure!(
-        !file.is_empty() && !file.contains('\0'),
+        !file.trim().is_empty() && !file.contains('\0'),
         "no binary log file name in {first:?}"
     );
     let Some(pos) = fields.get(1) else {
@@ -322,6 +334,9 @@ mod tests {
             (spaced.file.as_str(), spaced.pos),
             ("mysql-bin.000001", 120)
         );
+        let text = format!("  mysql-bin.000001  120  {UUID1}:1-5, {UUID2}:1-3\n");
+        let spaced = parse_binlog_info(&text).unwrap();
+        assert_eq!(spaced.gtid, Some(format!("{UUID1}:1-5,{UUID2}:1-3")));
     }
 
     #[test]
@@ -338,6 +353,9 @@ mod tests {
                 "not a number",
             ),
             ("\t4\n", "no binary log file"),
+            // Found by the fuzzer: an empty first line and content below it.
+            ("\nCHANGE-3\ns.000001;\nCHANGE-3\n", "no binary log file"),
+            ("   \nmysql-bin.000001\t4\n", "no binary log file"),
             ("mysql-bin.000001\t4\ngarbage\n", "unexpected content"),
         ] {
             let msg = format!("{:#}", parse_binlog_info(text).unwrap_err());

@@ -12,6 +12,7 @@ pub mod backup_tool;
 pub mod cli;
 pub mod clone;
 pub mod coordinates;
+pub mod failpoint;
 pub mod fsutil;
 pub mod init_config;
 pub mod mysql;

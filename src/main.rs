@@ -12,6 +12,8 @@ fn main() -> ExitCode {
     // Before anything else: a SIGTERM from now on waits for the handler instead of killing.
     let held = mysql_agent::shutdown::hold_signals();
     let cli = Cli::parse();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // kubectl logs is not a terminal; colour codes would only garble it.

@@ -144,17 +144,29 @@ impl fmt::Debug for Source {
     }
 }
 
+/// The steps of a replication setup, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Stop,
+    ResetGtidHistory,
+    SetGtidPosition,
+    Change,
+    Start,
+}
+
 /// A statement to run, and the text that may be logged (password masked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
+    pub step: Step,
     pub sql: String,
     pub redacted: String,
 }
 
 impl Statement {
-    fn plain(sql: impl Into<String>) -> Self {
+    fn plain(step: Step, sql: impl Into<String>) -> Self {
         let sql = sql.into();
         Self {
+            step,
             redacted: sql.clone(),
             sql,
         }
@@ -191,12 +203,12 @@ pub fn setup_statements(
         }
         _ => {}
     }
-    let mut out = vec![Statement::plain(server.stop_statement())];
+    let mut out = vec![Statement::plain(Step::Stop, server.stop_statement())];
     match position {
-        Position::MariaDbGtid { gtid_pos } => out.push(Statement::plain(format!(
-            "SET GLOBAL gtid_slave_pos = {}",
-            lit(gtid_pos)
-        ))),
+        Position::MariaDbGtid { gtid_pos } => out.push(Statement::plain(
+            Step::SetGtidPosition,
+            format!("SET GLOBAL gtid_slave_pos = {}", lit(gtid_pos)),
+        )),
         Position::MysqlGtid { gtid_set } => {
             // gtid_purged can only be set on a server whose GTID history is empty.
             let reset = if server.mysql_at_least(8, 2, 0) {
@@ -204,11 +216,11 @@ pub fn setup_statements(
             } else {
                 "RESET MASTER"
             };
-            out.push(Statement::plain(reset));
-            out.push(Statement::plain(format!(
-                "SET GLOBAL gtid_purged = {}",
-                lit(gtid_set)
-            )));
+            out.push(Statement::plain(Step::ResetGtidHistory, reset));
+            out.push(Statement::plain(
+                Step::SetGtidPosition,
+                format!("SET GLOBAL gtid_purged = {}", lit(gtid_set)),
+            ));
         }
         Position::File { .. } => {}
     }
@@ -248,8 +260,12 @@ pub fn setup_statements(
     let sql = format!("{change} {}", options.join(", "));
     options[PASSWORD_OPTION] = format!("{opt}_PASSWORD=<redacted>");
     let redacted = format!("{change} {}", options.join(", "));
-    out.push(Statement { sql, redacted });
-    out.push(Statement::plain(server.start_statement()));
+    out.push(Statement {
+        step: Step::Change,
+        sql,
+        redacted,
+    });
+    out.push(Statement::plain(Step::Start, server.start_statement()));
     Ok(out)
 }
 
@@ -416,15 +432,22 @@ async fn configure_once(
                 server.no_backslash_escapes,
             )?;
             for statement in &statements {
-                info!(%statement, "configuring replication");
+                match statement.step {
+                    Step::Change => crate::crash_point!("replication-before-change"),
+                    Step::Start => crate::crash_point!("replication-before-start"),
+                    _ => {}
+                }
+                info!(step = ?statement.step, %statement, "configuring replication");
                 conn.query_drop(&statement.sql)
                     .await
                     .with_context(|| format!("running {statement}"))?;
             }
+            crate::crash_point!("replication-before-record");
             write_record(
                 record,
                 &format!("{:?} from {:?}", coordinates.position, coordinates.origin),
             )?;
+            crate::crash_point!("replication-after-record");
             Outcome::Configured
         }
         Action::Start => {

@@ -216,6 +216,8 @@ pub struct Pod {
     config_map: PathBuf,
     mysqld: Option<Child>,
     sidecar: Option<Child>,
+    /// Extra environment for every agent process of this pod (failpoints, say).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Pod {
@@ -240,6 +242,7 @@ impl Pod {
             config_map: config_map.to_owned(),
             mysqld: None,
             sidecar: None,
+            agent_env: Vec::new(),
         };
         fs::write(pod.defaults_file(), pod.my_cnf())?;
         Ok(pod)
@@ -292,6 +295,7 @@ impl Pod {
             .args(["--pod-name", &self.name, "--service", &self.service])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -331,6 +335,16 @@ impl Pod {
         let mut args = vec!["--data-dir", data.as_str()];
         args.extend_from_slice(extra);
         self.run_init_container("clone", &args).await
+    }
+
+    /// Starts the clone init container without waiting for it, for tests that interrupt it.
+    pub fn spawn_clone(&self, extra: &[&str]) -> Result<Child> {
+        let data = self.data_dir().display().to_string();
+        let mut args = vec!["--data-dir", data.as_str()];
+        args.extend_from_slice(extra);
+        self.agent_command("clone", &args)?
+            .spawn()
+            .with_context(|| format!("starting clone for {}", self.name))
     }
 
     /// Starts mysqld (initialising an empty data dir as the mysql image does) and waits for
@@ -523,6 +537,21 @@ impl Pod {
     pub async fn stop_sidecar(&mut self) -> Result<ExitStatus> {
         let child = self.sidecar.take().context("the sidecar is not running")?;
         stop(child, &format!("{} serve-backup", self.name)).await
+    }
+
+    /// Waits for the sidecar to exit on its own (a failpoint, a fatal error).
+    pub async fn wait_sidecar_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let child = self
+            .sidecar
+            .as_mut()
+            .context("the sidecar is not running")?;
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .with_context(|| {
+                format!("{} serve-backup still running after {timeout:?}", self.name)
+            })??;
+        self.sidecar = None;
+        Ok(status)
     }
 
     /// SIGKILL to the sidecar (OOM kill, node loss).
