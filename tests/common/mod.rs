@@ -57,3 +57,101 @@ pub async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -
 pub fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
 }
+
+/// Adds about `mib` MiB of rows to `test.big` on `pod` (1 KiB a row), so that a backup of it
+/// takes long enough for a fault to land mid-stream.
+pub async fn fill(pod: &mysql_agent_harness::Pod, mib: u64) {
+    pod.exec("CREATE DATABASE IF NOT EXISTS test; CREATE TABLE IF NOT EXISTS test.big (id INT PRIMARY KEY, pad VARCHAR(1100))")
+        .await
+        .unwrap();
+    let start: Vec<u64> = pod
+        .query_rows("SELECT COALESCE(MAX(id), 0) FROM test.big")
+        .await
+        .unwrap();
+    let (first, rows) = (start[0] + 1, mib * 1024);
+    const BATCH: u64 = 16 * 1024;
+    let mut from = first;
+    while from < first + rows {
+        let to = (from + BATCH - 1).min(first + rows - 1);
+        pod.exec(&format!(
+            "USE test; INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM seq_{from}_to_{to}"
+        ))
+        .await
+        .unwrap();
+        from = to + 1;
+    }
+}
+
+/// Bytes in the files under `dir` (0 if it does not exist).
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Waits until a clone's staging dir holds `bytes`: the stream is flowing, the fault will
+/// land mid-stream.
+pub async fn wait_mid_stream(pod: &mysql_agent_harness::Pod, bytes: u64) {
+    let staging = pod.data_dir().join(mysql_agent::clone::STAGING_DIR);
+    eventually(
+        Duration::from_secs(120),
+        "the clone to be mid-stream",
+        || dir_size(&staging) >= bytes,
+    )
+    .await;
+}
+
+pub fn sigkill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+pub fn sigterm(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}
+
+/// What a fake donor does with each connection.
+#[derive(Clone)]
+pub enum Donation {
+    /// Sends these bytes and closes.
+    Bytes(Vec<u8>),
+    /// Sends these bytes, then holds the connection open without sending more.
+    BytesThenSilence(Vec<u8>),
+}
+
+/// A backup server that is not one: serves the same answer to every connection, on a port of
+/// its own on 127.0.0.1. It lives as long as the test process.
+pub fn fake_donor(donation: Donation) -> std::net::SocketAddr {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let donation = donation.clone();
+            std::thread::spawn(move || match donation {
+                Donation::Bytes(bytes) => {
+                    let _ = stream.write_all(&bytes);
+                }
+                Donation::BytesThenSilence(bytes) => {
+                    let _ = stream.write_all(&bytes);
+                    std::thread::sleep(Duration::from_secs(600));
+                }
+            });
+        }
+    });
+    addr
+}
