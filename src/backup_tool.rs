@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use tokio::process::Command;
 
 use crate::mysql::MysqlTarget;
+use crate::replication::{ServerFlavor, ServerVersion, version_triple};
 use crate::xbstream::Flavor;
 
 /// Searched on PATH in this order when `--backup-tool` is not given.
@@ -101,6 +102,46 @@ impl std::fmt::Display for BackupTool {
     }
 }
 
+/// Refuses a tool that cannot back up (or prepare a backup of) `server`, naming both.
+///
+/// Percona XtraBackup 2.4 serves MySQL 5.6 and 5.7; 8.0.N serves MySQL 8.0.M for M <= N
+/// (an older 8.0 refuses newer redo formats); from 8.1 on, the same major.minor only.
+/// mariadb-backup serves the MariaDB release series it was built with. Neither serves the
+/// other family.
+pub fn check_compatible(tool: &BackupTool, server: &ServerVersion) -> Result<()> {
+    let (major, minor, patch) = version_triple(&tool.version)
+        .with_context(|| format!("reading the version of {}", tool.path.display()))?;
+    let (s_major, s_minor, s_patch) = (server.major, server.minor, server.patch);
+    let (fits, wanted) = match (tool.kind, server.flavor) {
+        (ToolKind::MariaBackup, ServerFlavor::MariaDb) => (
+            (major, minor) == (s_major, s_minor),
+            format!("mariadb-backup {s_major}.{s_minor}"),
+        ),
+        (ToolKind::XtraBackup, ServerFlavor::MySql) => match (s_major, s_minor) {
+            (5, 6 | 7) => ((major, minor) == (2, 4), "Percona XtraBackup 2.4".into()),
+            (8, 0) => (
+                (major, minor) == (8, 0) && patch >= s_patch,
+                format!("Percona XtraBackup 8.0.{s_patch} or a later 8.0"),
+            ),
+            _ => (
+                (major, minor) == (s_major, s_minor),
+                format!("Percona XtraBackup {s_major}.{s_minor}"),
+            ),
+        },
+        (ToolKind::MariaBackup, ServerFlavor::MySql) => {
+            (false, "Percona XtraBackup for that MySQL version".into())
+        }
+        (ToolKind::XtraBackup, ServerFlavor::MariaDb) => {
+            (false, format!("mariadb-backup {s_major}.{s_minor}"))
+        }
+    };
+    ensure!(
+        fits,
+        "the backup tool {tool} cannot back up {server}: it needs {wanted} (use the agent image built for this server)"
+    );
+    Ok(())
+}
+
 /// Recognises `xtrabackup version 8.0.35-30 based on MySQL server 8.0.35 …` and
 /// `mariadb-backup based on MariaDB server 10.11.19-MariaDB …` (or `mariabackup …`).
 pub fn identify(version_output: &str) -> Result<(ToolKind, String)> {
@@ -125,6 +166,62 @@ pub fn identify(version_output: &str) -> Result<(ToolKind, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tools_must_match_their_servers() {
+        let tool = |kind, version: &str| BackupTool {
+            path: PathBuf::from(match kind {
+                ToolKind::XtraBackup => "/usr/bin/xtrabackup",
+                ToolKind::MariaBackup => "/usr/bin/mariadb-backup",
+            }),
+            kind,
+            version: version.into(),
+        };
+        let server = |v: &str| ServerVersion::parse(v).unwrap();
+        use ToolKind::*;
+        for (kind, tool_version, server_version, fits) in [
+            (XtraBackup, "2.4.29", "5.7.44-log", true),
+            (XtraBackup, "2.4.29", "5.7.44-48-log", true),
+            (XtraBackup, "2.4.29", "8.0.36", false),
+            (XtraBackup, "8.0.35-30", "8.0.35", true),
+            (XtraBackup, "8.0.35-30", "8.0.21", true),
+            (XtraBackup, "8.0.35-30", "8.0.36", false),
+            (XtraBackup, "8.0.35-30", "5.7.44", false),
+            (XtraBackup, "8.0.35-30", "8.4.3", false),
+            (XtraBackup, "8.4.0-1", "8.4.3", true),
+            (XtraBackup, "8.4.0-1", "8.0.36", false),
+            (XtraBackup, "8.0.35-30", "10.11.19-MariaDB", false),
+            (
+                MariaBackup,
+                "10.11.19-MariaDB",
+                "10.11.19-MariaDB-0+deb12u1-log",
+                true,
+            ),
+            (MariaBackup, "10.11.19-MariaDB", "10.11.6-MariaDB", true),
+            (MariaBackup, "10.11.19-MariaDB", "11.4.2-MariaDB", false),
+            (MariaBackup, "10.11.19-MariaDB", "8.0.36", false),
+        ] {
+            let result = check_compatible(&tool(kind, tool_version), &server(server_version));
+            assert_eq!(
+                result.is_ok(),
+                fits,
+                "{kind:?} {tool_version} vs {server_version}: {result:?}"
+            );
+            if let Err(e) = result {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(tool_version) && msg.contains("cannot back up"),
+                    "{msg}"
+                );
+            }
+        }
+        let e = check_compatible(&tool(XtraBackup, "8.0.35-30"), &server("8.0.36")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("needs Percona XtraBackup 8.0.36 or a later 8.0"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn identifies_both_tools() {

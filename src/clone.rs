@@ -27,12 +27,13 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::backup_tool::BackupTool;
+use crate::backup_tool::{self, BackupTool};
 use crate::coordinates::{self, Coordinates};
 use crate::fsutil;
 use crate::pod::PodIdentity;
 use crate::process;
 use crate::protocol::{self, Refusal, StreamStatus};
+use crate::replication::ServerVersion;
 use crate::retry;
 use crate::xbstream::{self, Extractor, Progress, Summary};
 
@@ -207,7 +208,7 @@ impl AttemptError {
     /// Sorts an error of a started transfer: the local volume's fault, or the transfer's.
     fn from_transfer(e: anyhow::Error) -> Self {
         if is_local_volume_error(&e) {
-            AttemptError::Fatal(e)
+            AttemptError::Fatal(e.context("the data volume cannot take the clone"))
         } else {
             AttemptError::Failed(e)
         }
@@ -315,7 +316,7 @@ async fn clone_from_donors(config: &Config, cancel: &CancellationToken) -> Resul
                     let staging = config.data_dir.join(STAGING_DIR);
                     blocking(fsutil::remove_all, &staging).await?;
                     return Err(e.context(format!(
-                        "the data volume at {} cannot take the clone; retrying would not help",
+                        "cloning into {} failed, and retrying would not help",
                         config.data_dir.display()
                     )));
                 }
@@ -402,6 +403,7 @@ async fn attempt(
         rate_mib_s = format!("{:.1}", mib(summary.bytes) / elapsed.as_secs_f64().max(1e-3)),
         "stream received and complete; preparing"
     );
+    check_tool_against_backup(&config.tool, &staging).map_err(AttemptError::Fatal)?;
     crate::crash_point!("clone-after-extract");
     prepare(&config.tool, &staging, cancel)
         .await
@@ -541,6 +543,20 @@ fn verify_complete(summary: &Summary, staging: &Path, require_end_marker: bool) 
         coordinates::BACKUP_TYPE_FULL
     );
     Ok(())
+}
+
+/// Prepare needs a tool that knows the donor server's formats; the info file names it.
+fn check_tool_against_backup(tool: &BackupTool, staging: &Path) -> Result<()> {
+    let Some((path, text)) = coordinates::read_optional(staging, &coordinates::INFO_FILES)? else {
+        return Ok(());
+    };
+    let Some(version) = coordinates::field(&text, "server_version") else {
+        return Ok(());
+    };
+    let server = ServerVersion::parse(&version)
+        .with_context(|| format!("reading server_version in {}", path.display()))?;
+    backup_tool::check_compatible(tool, &server)
+        .context("the donor's backup cannot be prepared here")
 }
 
 async fn prepare(tool: &BackupTool, staging: &Path, cancel: &CancellationToken) -> Result<()> {

@@ -249,14 +249,15 @@ pub fn read_from_dir(dir: &Path) -> Result<Option<Coordinates>> {
 
 /// The `backup_type` of a checkpoints file (`full-backuped`, `full-prepared`, `log-applied`…).
 pub fn parse_backup_type(checkpoints: &str) -> Result<String> {
-    for line in checkpoints.lines() {
-        if let Some((key, value)) = line.split_once('=')
-            && key.trim() == "backup_type"
-        {
-            return Ok(value.trim().to_owned());
-        }
-    }
-    bail!("no backup_type line")
+    field(checkpoints, "backup_type").context("no backup_type line")
+}
+
+/// The value of a `key = value` line, as in the checkpoints and info files.
+pub fn field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().to_owned())
+    })
 }
 
 /// A complete backup that has not been prepared yet.

@@ -73,6 +73,29 @@ pub async fn connect_with_retry(target: &MysqlTarget, cancel: &CancellationToken
     unreachable!("the attempt counter is unbounded")
 }
 
+/// Connects and identifies the server, waiting with back-off through any failure; only
+/// cancellation stops it.
+pub async fn identify_with_retry(
+    target: &MysqlTarget,
+    cancel: &CancellationToken,
+) -> Result<ServerInfo> {
+    let mut delays = retry::backoff();
+    loop {
+        let mut conn = connect_with_retry(target, cancel).await?;
+        match server_info(&mut conn).await {
+            Ok(info) => {
+                let _ = conn.disconnect().await;
+                return Ok(info);
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(retry::MAX_DELAY);
+                info!(%target, error = %format_args!("{e:#}"), retry_in = ?delay, "identifying mysqld failed");
+                retry::sleep(delay, cancel).await?;
+            }
+        }
+    }
+}
+
 /// What the agent needs to know about a server before talking replication to it.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {

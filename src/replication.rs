@@ -54,21 +54,13 @@ impl ServerVersion {
             ServerFlavor::MariaDb => version.strip_prefix("5.5.5-").unwrap_or(version),
             ServerFlavor::MySql => version,
         };
-        let numbers = bare.split(['-', '+']).next().unwrap_or_default();
-        let mut parts = numbers.split('.').map(str::parse::<u16>);
-        let mut next = || -> Result<u16> {
-            parts
-                .next()
-                .context("too few components")?
-                .context("not a number")
-        };
-        let parsed = (|| Ok::<_, anyhow::Error>((next()?, next()?, next()?)))()
+        let (major, minor, patch) = version_triple(bare)
             .with_context(|| format!("unrecognised server version {version:?}"))?;
         Ok(Self {
             flavor,
-            major: parsed.0,
-            minor: parsed.1,
-            patch: parsed.2,
+            major,
+            minor,
+            patch,
         })
     }
 
@@ -113,6 +105,20 @@ impl ServerVersion {
             "STOP SLAVE"
         }
     }
+}
+
+/// The leading `major.minor.patch` of a version string such as `8.0.35-30` or
+/// `10.11.19-MariaDB-log`.
+pub fn version_triple(version: &str) -> Result<(u16, u16, u16)> {
+    let numbers = version.split(['-', '+', ' ']).next().unwrap_or_default();
+    let mut parts = numbers.split('.').map(str::parse::<u16>);
+    let mut next = || -> Result<u16> {
+        parts
+            .next()
+            .context("too few components")?
+            .context("not a number")
+    };
+    Ok((next()?, next()?, next()?))
 }
 
 impl fmt::Display for ServerVersion {
@@ -190,8 +196,9 @@ pub fn setup_statements(
     server: &ServerVersion,
     position: &Position,
     source: &Source,
-    no_backslash_escapes: bool,
+    session: &Session,
 ) -> Result<Vec<Statement>> {
+    let no_backslash_escapes = session.no_backslash_escapes;
     let lit = |s: &str| literal(s, no_backslash_escapes);
     let mariadb = server.flavor == ServerFlavor::MariaDb;
     match (position, mariadb) {
@@ -250,12 +257,13 @@ pub fn setup_statements(
         Position::MariaDbGtid { .. } => options.push("MASTER_USE_GTID=slave_pos".into()),
         Position::MysqlGtid { .. } => options.push(format!("{opt}_AUTO_POSITION=1")),
     }
-    // caching_sha2_password (MySQL 8's default) over plain TCP needs the source's RSA key;
-    // asking for it is harmless for other plugins.
-    if server.source_syntax() {
-        options.push("GET_SOURCE_PUBLIC_KEY=1".into());
-    } else if server.mysql_at_least(8, 0, 0) {
-        options.push("GET_MASTER_PUBLIC_KEY=1".into());
+    // caching_sha2_password (MySQL 8's default) without TLS needs the source's RSA key.
+    if session.replication_account_needs_rsa_key {
+        if server.source_syntax() {
+            options.push("GET_SOURCE_PUBLIC_KEY=1".into());
+        } else if server.mysql_at_least(8, 0, 4) {
+            options.push("GET_MASTER_PUBLIC_KEY=1".into());
+        }
     }
     let sql = format!("{change} {}", options.join(", "));
     options[PASSWORD_OPTION] = format!("{opt}_PASSWORD=<redacted>");
@@ -267,6 +275,47 @@ pub fn setup_statements(
     });
     out.push(Statement::plain(Step::Start, server.start_statement()));
     Ok(out)
+}
+
+/// What about the local server's session shapes the statements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Session {
+    /// String literals must be escaped without backslashes.
+    pub no_backslash_escapes: bool,
+    /// The replication account authenticates with caching_sha2_password or sha256_password,
+    /// which over a connection without TLS needs the source's RSA public key.
+    pub replication_account_needs_rsa_key: bool,
+}
+
+/// Authentication plugins that send the password RSA-encrypted when there is no TLS.
+pub const RSA_KEY_PLUGINS: [&str; 2] = ["caching_sha2_password", "sha256_password"];
+
+/// Whether `account`'s plugin needs the RSA key, from `mysql.user` on the local server (a
+/// clone of the primary, so the same accounts). Unknown means yes on MySQL 8, whose default
+/// plugin needs it; MariaDB and MySQL 5.7 never do.
+pub async fn account_needs_rsa_key(
+    conn: &mut mysql_async::Conn,
+    server: &ServerVersion,
+    account: &str,
+    no_backslash_escapes: bool,
+) -> bool {
+    if !server.mysql_at_least(8, 0, 0) {
+        return false;
+    }
+    let query = format!(
+        "SELECT plugin FROM mysql.user WHERE user = {}",
+        literal(account, no_backslash_escapes)
+    );
+    match conn.query::<String, _>(query).await {
+        Ok(plugins) if !plugins.is_empty() => plugins
+            .iter()
+            .any(|p| RSA_KEY_PLUGINS.contains(&p.as_str())),
+        Ok(_) => true,
+        Err(e) => {
+            warn!(account, error = %e, "cannot read the replication account's plugin; asking for the source's RSA key");
+            true
+        }
+    }
 }
 
 /// The columns of SHOW SLAVE/REPLICA STATUS the agent reads, under either spelling.
@@ -373,26 +422,21 @@ pub async fn read_status(
         .map(|row| ReplicaStatus::from_columns(|name| mysql::column_text(row, name))))
 }
 
-/// Brings replication of the local server in line with the clone's coordinates: waits for
-/// mysqld, decides (see [`decide`]), acts, records. Transient failures are retried with
-/// back-off until `cancel`; only cancellation ends it with an error.
+/// Brings replication of the local server in line with the clone's `coordinates` (read from
+/// `data_dir` by the caller): waits for mysqld, decides (see [`decide`]), acts, records.
+/// Transient failures are retried with back-off until `cancel`; only cancellation ends it
+/// with an error.
 pub async fn ensure_configured(
     target: &MysqlTarget,
     source: &Source,
     data_dir: &Path,
+    coordinates: Option<&Coordinates>,
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
-    let coordinates = match crate::coordinates::read_from_dir(data_dir) {
-        Ok(c) => c,
-        Err(e) => {
-            // Unusable coordinates will not improve by retrying; say so and stay up.
-            return Ok(Outcome::NotConfigured(format!("{e:#}")));
-        }
-    };
     let record = data_dir.join(RECORD_FILE);
     let mut delays = retry::backoff();
     loop {
-        match configure_once(target, source, coordinates.as_ref(), &record, cancel).await {
+        match configure_once(target, source, coordinates, &record, cancel).await {
             Ok(outcome) => return Ok(outcome),
             Err(e) if cancel.is_cancelled() => return Err(e),
             Err(e) => {
@@ -425,12 +469,18 @@ async fn configure_once(
     let outcome = match action {
         Action::Configure => {
             let coordinates = coordinates.expect("decide() checked");
-            let statements = setup_statements(
-                &server.version,
-                &coordinates.position,
-                source,
-                server.no_backslash_escapes,
-            )?;
+            let session = Session {
+                no_backslash_escapes: server.no_backslash_escapes,
+                replication_account_needs_rsa_key: account_needs_rsa_key(
+                    &mut conn,
+                    &server.version,
+                    &source.user,
+                    server.no_backslash_escapes,
+                )
+                .await,
+            };
+            let statements =
+                setup_statements(&server.version, &coordinates.position, source, &session)?;
             for statement in &statements {
                 match statement.step {
                     Step::Change => crate::crash_point!("replication-before-change"),
@@ -511,11 +561,19 @@ mod tests {
     }
 
     fn sql(server: &str, position: &Position) -> Vec<String> {
-        setup_statements(&v(server), position, &source(), false)
+        setup_statements(&v(server), position, &source(), &rsa_session())
             .unwrap()
             .into_iter()
             .map(|s| s.sql)
             .collect()
+    }
+
+    /// A MySQL 8 default account (caching_sha2_password), default sql_mode.
+    fn rsa_session() -> Session {
+        Session {
+            no_backslash_escapes: false,
+            replication_account_needs_rsa_key: true,
+        }
     }
 
     fn file_pos() -> Position {
@@ -610,21 +668,51 @@ mod tests {
     }
 
     #[test]
+    fn rsa_key_only_for_accounts_that_need_it() {
+        let native = Session::default();
+        for version in ["8.0.21", "8.0.36", "8.4.3"] {
+            let change =
+                &setup_statements(&v(version), &file_pos(), &source(), &native).unwrap()[1];
+            assert!(
+                !change.sql.contains("PUBLIC_KEY"),
+                "{version}: {}",
+                change.sql
+            );
+        }
+        // MySQL 5.7 and MariaDB have no such option, whatever the account.
+        for version in ["5.7.44", "10.11.19-MariaDB"] {
+            let change =
+                &setup_statements(&v(version), &file_pos(), &source(), &rsa_session()).unwrap()[1];
+            assert!(
+                !change.sql.contains("PUBLIC_KEY"),
+                "{version}: {}",
+                change.sql
+            );
+        }
+    }
+
+    #[test]
     fn refuses_a_position_of_the_other_flavor() {
         let mariadb = Position::MariaDbGtid {
             gtid_pos: "0-1-1".into(),
         };
-        assert!(setup_statements(&v("8.0.36"), &mariadb, &source(), false).is_err());
+        assert!(setup_statements(&v("8.0.36"), &mariadb, &source(), &rsa_session()).is_err());
         let mysql = Position::MysqlGtid {
             gtid_set: "c777888a-b6df-11e2-a604-080027635ef5:1".into(),
         };
-        assert!(setup_statements(&v("10.11.2-MariaDB"), &mysql, &source(), false).is_err());
+        assert!(
+            setup_statements(&v("10.11.2-MariaDB"), &mysql, &source(), &rsa_session()).is_err()
+        );
     }
 
     #[test]
     fn passwords_are_redacted_and_escaping_follows_sql_mode() {
+        let nbe = Session {
+            no_backslash_escapes: true,
+            ..rsa_session()
+        };
         let statements =
-            setup_statements(&v("10.11.19-MariaDB"), &file_pos(), &source(), true).unwrap();
+            setup_statements(&v("10.11.19-MariaDB"), &file_pos(), &source(), &nbe).unwrap();
         let change = &statements[1];
         assert!(
             change.sql.contains("MASTER_PASSWORD='s3cr''et\\'"),
@@ -638,7 +726,8 @@ mod tests {
             pos: 4,
         };
         let change =
-            &setup_statements(&v("10.11.19-MariaDB"), &odd_file, &source(), false).unwrap()[1];
+            &setup_statements(&v("10.11.19-MariaDB"), &odd_file, &source(), &rsa_session())
+                .unwrap()[1];
         assert!(
             change
                 .sql

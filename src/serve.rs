@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::backup_tool::BackupTool;
-use crate::mysql::MysqlTarget;
+use crate::backup_tool::{self, BackupTool};
+use crate::coordinates;
+use crate::mysql::{self, MysqlTarget};
 use crate::pod::PodIdentity;
 use crate::process::Supervised;
 use crate::protocol::{Refusal, StreamStatus};
@@ -66,49 +67,84 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("listening for backup clients on {}", config.listen))?;
     info!(listen = %config.listen, tool = %config.tool, "serving backups");
-    let initial = if config.pod.is_primary() {
-        Readiness::Ready
-    } else {
-        Readiness::NotReady("replication is not configured yet".into())
-    };
-    let (ready_tx, readiness) = watch::channel(initial);
-    let setup = (!config.pod.is_primary()).then(|| {
-        let (config, cancel) = (config.clone(), cancel.clone());
-        tokio::spawn(
-            async move {
-                match replication::ensure_configured(
-                    &config.mysql,
-                    &config.source,
-                    &config.data_dir,
-                    &cancel,
-                )
-                .await
-                {
-                    Ok(Outcome::Configured) => {
-                        info!(primary = %config.source.host, "replication is configured");
-                        let _ = ready_tx.send(Readiness::Ready);
-                    }
-                    Ok(Outcome::NotConfigured(reason)) => {
-                        error!(%reason, "replication is not configured; backups will be refused");
-                        let _ = ready_tx.send(Readiness::NotReady(reason));
-                    }
-                    Err(e) if cancel.is_cancelled() => {
-                        info!(error = %format_args!("{e:#}"), "replication setup interrupted")
-                    }
-                    Err(e) => error!(error = %format_args!("{e:#}"), "replication setup failed"),
-                }
-            }
-            .instrument(info_span!("replication")),
-        )
-    });
+    let (ready_tx, readiness) =
+        watch::channel(Readiness::NotReady("waiting for the local mysqld".into()));
+    // Serving stops at SIGTERM, or when set-up finds this pod can never serve.
+    let serving = cancel.child_token();
+    let setup = tokio::spawn(
+        set_up(config.clone(), ready_tx, serving.clone()).instrument(info_span!("setup")),
+    );
     let server = Arc::new(Server {
         slots: Arc::new(Semaphore::new(config.max_backups)),
         config,
         readiness,
     });
-    serve(listener, server, cancel).await;
-    if let Some(setup) = setup {
+    serve(listener, server, serving).await;
+    if !setup.is_finished() {
         setup.abort();
+    }
+    match setup.await {
+        Ok(Err(fatal)) => Err(fatal),
+        _ => Ok(()),
+    }
+}
+
+/// Identifies the local server, refuses a backup tool that cannot handle it, then makes the
+/// pod ready: at once on the primary, once replication is configured on a replica. Returns
+/// an error only for what no retry can fix, after stopping `serving`.
+async fn set_up(
+    config: Config,
+    ready: watch::Sender<Readiness>,
+    serving: CancellationToken,
+) -> Result<()> {
+    // Broken coordinates are known without mysqld and will not mend: say so at once.
+    let coordinates = if config.pod.is_primary() {
+        None
+    } else {
+        match coordinates::read_from_dir(&config.data_dir) {
+            Ok(coordinates) => coordinates,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                error!(%reason, "replication cannot be configured; backups will be refused");
+                let _ = ready.send(Readiness::NotReady(reason));
+                return Ok(());
+            }
+        }
+    };
+    let Ok(server) = mysql::identify_with_retry(&config.mysql, &serving).await else {
+        return Ok(()); // cancelled
+    };
+    if let Err(e) = backup_tool::check_compatible(&config.tool, &server.version) {
+        error!(error = %e, "this pod cannot serve backups");
+        serving.cancel();
+        return Err(e);
+    }
+    info!(server = %server.version, tool = %config.tool, "the backup tool matches the server");
+    if config.pod.is_primary() {
+        let _ = ready.send(Readiness::Ready);
+        return Ok(());
+    }
+    let _ = ready.send(Readiness::NotReady(
+        "replication is not configured yet".into(),
+    ));
+    match replication::ensure_configured(
+        &config.mysql,
+        &config.source,
+        &config.data_dir,
+        coordinates.as_ref(),
+        &serving,
+    )
+    .await
+    {
+        Ok(Outcome::Configured) => {
+            info!(primary = %config.source.host, "replication is configured");
+            let _ = ready.send(Readiness::Ready);
+        }
+        Ok(Outcome::NotConfigured(reason)) => {
+            error!(%reason, "replication is not configured; backups will be refused");
+            let _ = ready.send(Readiness::NotReady(reason));
+        }
+        Err(e) => info!(error = %format_args!("{e:#}"), "replication setup interrupted"),
     }
     Ok(())
 }

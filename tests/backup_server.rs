@@ -4,12 +4,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::{eventually, read, spec};
 use mysql_agent::protocol::{LINE_PREFIX, STATUS_ENTRY};
-use mysql_agent::xbstream;
+use mysql_agent::xbstream::{self, Extractor, Flavor};
 use mysql_agent_harness::{BACKUP_PORT, Cluster, run_to_end};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -71,6 +73,87 @@ async fn tutorial_clients_still_work_with_ncat_and_mbstream() {
     // A table created since the last checkpoint travels as t.new; prepare makes it t.ibd.
     assert!(dir.path().join("test/t.ibd").is_file());
     cluster.stop().await.unwrap();
+}
+
+/// Relative path and content of every file under `dir`.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let content = std::fs::read(&path).unwrap();
+                files.insert(path.strip_prefix(dir).unwrap().to_owned(), content);
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_native_extractor_matches_mbstream_on_a_real_stream() {
+    let cluster = primary_with_data("mbstream", 9).await;
+    let work = tempfile::tempdir().unwrap();
+    let stream = work.path().join("backup.xbs");
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        &format!(
+            "ncat --recv-only {} {BACKUP_PORT} > {}",
+            cluster.primary().addr,
+            stream.display()
+        ),
+    ]);
+    assert!(
+        run_to_end(sh, Duration::from_secs(120))
+            .await
+            .unwrap()
+            .success()
+    );
+    cluster.stop().await.unwrap();
+
+    let by_mbstream = work.path().join("mbstream");
+    std::fs::create_dir(&by_mbstream).unwrap();
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        &format!(
+            "mbstream -x -C {} < {}",
+            by_mbstream.display(),
+            stream.display()
+        ),
+    ]);
+    assert!(
+        run_to_end(sh, Duration::from_secs(120))
+            .await
+            .unwrap()
+            .success()
+    );
+
+    let by_agent = work.path().join("agent");
+    std::fs::create_dir(&by_agent).unwrap();
+    let bytes = std::fs::read(&stream).unwrap();
+    let summary = Extractor::new(&by_agent, Flavor::MariaDb)
+        .with_trailer(STATUS_ENTRY)
+        .extract(&bytes[..])
+        .unwrap();
+
+    let mut expected = tree(&by_mbstream);
+    // mbstream writes the agent's status entry as a file; the agent keeps it in memory.
+    let status = expected.remove(Path::new(STATUS_ENTRY)).unwrap();
+    assert_eq!(status, summary.trailer.unwrap().contents);
+    let got = tree(&by_agent);
+    assert!(expected.len() > 100, "{} files", expected.len());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (path, content) in &expected {
+        assert!(got[path] == *content, "{} differs", path.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -444,7 +444,7 @@ async fn fault_9_volume_full_during_extraction() {
     assert!(result.is_err());
     assert!(log.contains("No space left on device"), "{log}");
     assert!(
-        log.contains("cannot take the clone; retrying would not help"),
+        log.contains("retrying would not help: the data volume cannot take the clone"),
         "{log}"
     );
     // One attempt, not five: a full volume does not empty itself.

@@ -1,6 +1,8 @@
 //! What the integration tests share: cluster specs, the agent binary, process and stream probes.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod fake_mysql;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
