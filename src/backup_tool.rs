@@ -75,15 +75,17 @@ impl BackupTool {
     }
 
     /// `--backup` to stdout as xbstream, with the replica's coordinates when run on a replica.
-    pub fn backup_command(&self, data_dir: &Path, server: &MysqlTarget) -> Command {
+    /// The credentials come from `options` (a 0600 file, see
+    /// [`crate::secrets::ClientOptionsFile`]), which the tools require as the first argument.
+    pub fn backup_command(&self, data_dir: &Path, server: &MysqlTarget, options: &Path) -> Command {
         let mut cmd = Command::new(&self.path);
-        cmd.arg("--backup")
+        cmd.arg(format!("--defaults-extra-file={}", options.display()))
+            .arg("--backup")
             .arg("--slave-info")
             .arg("--stream=xbstream")
             .arg(format!("--datadir={}", data_dir.display()))
             .arg(format!("--host={}", server.host))
-            .arg(format!("--port={}", server.port))
-            .arg(format!("--user={}", server.user));
+            .arg(format!("--port={}", server.port));
         cmd
     }
 

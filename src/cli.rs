@@ -2,12 +2,13 @@
 //! image can be configured from a manifest's `env:` or `args:`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::accounts::Account;
 use crate::backup_tool::BackupTool;
 use crate::clone::{self, Donor};
 use crate::init_config;
@@ -15,6 +16,7 @@ use crate::mysql::MysqlTarget;
 use crate::pod::PodIdentity;
 use crate::protocol;
 use crate::replication::Source;
+use crate::secrets::{BackupSecret, Password};
 use crate::serve;
 
 const ABOUT: &str =
@@ -109,6 +111,30 @@ pub struct DataDirArgs {
         default_value = "/var/lib/mysql"
     )]
     pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// A file holding the secret every pod shares (a mounted Kubernetes Secret): backups are
+    /// served only to clients that prove they know it, and clones accept only donors that do.
+    /// Without it port 3307 is as open as the tutorial's
+    #[arg(long, env = "MYSQL_AGENT_BACKUP_SECRET_FILE", value_name = "PATH")]
+    pub backup_secret_file: Option<PathBuf>,
+}
+
+impl SecretArgs {
+    fn load(&self) -> Result<Option<BackupSecret>> {
+        self.backup_secret_file
+            .as_deref()
+            .map(BackupSecret::from_file)
+            .transpose()
+    }
+}
+
+fn read_password(file: Option<&Path>) -> Result<Password> {
+    file.map(Password::from_file)
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -208,6 +234,9 @@ pub struct CloneArgs {
     /// (by default they are accepted when the backup's own completion files are present)
     #[arg(long, env = "MYSQL_AGENT_REQUIRE_END_MARKER")]
     pub require_end_marker: bool,
+
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 impl CloneArgs {
@@ -233,6 +262,7 @@ impl CloneArgs {
             donor_wait: self.donor_wait,
             stall_timeout: self.stall_timeout.max(Duration::from_secs(1)),
             require_end_marker: self.require_end_marker,
+            secret: self.secret.load()?,
         })
     }
 }
@@ -272,7 +302,7 @@ pub struct ServeBackupArgs {
     )]
     pub mysql_port: u16,
 
-    /// The account used on the local mysqld, for replication setup and by the backup tool
+    /// The local mysqld's administrative account, for replication setup (and account creation)
     #[arg(
         long,
         env = "MYSQL_AGENT_MYSQL_USER",
@@ -280,6 +310,44 @@ pub struct ServeBackupArgs {
         default_value = "root"
     )]
     pub mysql_user: String,
+
+    /// A file holding --mysql-user's password [default: no password]
+    #[arg(long, env = "MYSQL_AGENT_MYSQL_PASSWORD_FILE", value_name = "PATH")]
+    pub mysql_password_file: Option<PathBuf>,
+
+    /// The account replicas use to reach the primary [default: --mysql-user and its password]
+    #[arg(long, env = "MYSQL_AGENT_REPLICATION_USER", value_name = "USER")]
+    pub replication_user: Option<String>,
+
+    /// A file holding --replication-user's password
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_REPLICATION_PASSWORD_FILE",
+        value_name = "PATH",
+        requires = "replication_user"
+    )]
+    pub replication_password_file: Option<PathBuf>,
+
+    /// The account the backup tool connects with [default: --mysql-user and its password]
+    #[arg(long, env = "MYSQL_AGENT_BACKUP_USER", value_name = "USER")]
+    pub backup_user: Option<String>,
+
+    /// A file holding --backup-user's password
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_BACKUP_PASSWORD_FILE",
+        value_name = "PATH",
+        requires = "backup_user"
+    )]
+    pub backup_password_file: Option<PathBuf>,
+
+    /// On the primary, create the replication and backup accounts (least privilege, from
+    /// '%') when they do not exist yet; ignored on replicas, which get them by cloning
+    #[arg(long, env = "MYSQL_AGENT_CREATE_ACCOUNTS")]
+    pub create_accounts: bool,
+
+    #[command(flatten)]
+    pub secret: SecretArgs,
 
     /// The primary, as replicas reach it [default: <statefulset>-0.<service>]
     #[arg(long, env = "MYSQL_AGENT_PRIMARY_HOST", value_name = "HOST")]
@@ -310,13 +378,28 @@ impl ServeBackupArgs {
             host: self.mysql_host,
             port: self.mysql_port,
             user: self.mysql_user,
-            password: None,
+            password: read_password(self.mysql_password_file.as_deref())?,
         };
+        // An account not named is the administrative one, password included.
+        let account = |user: Option<String>, file: Option<PathBuf>| -> Result<Account> {
+            Ok(match user {
+                Some(user) => Account {
+                    user,
+                    password: read_password(file.as_deref())?,
+                },
+                None => Account {
+                    user: mysql.user.clone(),
+                    password: mysql.password.clone(),
+                },
+            })
+        };
+        let replication = account(self.replication_user, self.replication_password_file)?;
+        let backup_account = account(self.backup_user, self.backup_password_file)?;
         let source = Source {
             host: self.primary_host.unwrap_or_else(|| pod.primary_host()),
             port: self.primary_port,
-            user: mysql.user.clone(),
-            password: String::new(),
+            user: replication.user,
+            password: replication.password,
         };
         Ok(serve::Config {
             tool: self.tool.locate().await?,
@@ -325,6 +408,9 @@ impl ServeBackupArgs {
             listen: self.listen,
             mysql,
             source,
+            backup_account,
+            create_accounts: self.create_accounts,
+            secret: self.secret.load()?,
             max_backups: self.max_backups as usize,
         })
     }

@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Cursor, Read};
+use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -32,9 +32,10 @@ use crate::coordinates::{self, Coordinates};
 use crate::fsutil;
 use crate::pod::PodIdentity;
 use crate::process;
-use crate::protocol::{self, Refusal, StreamStatus};
+use crate::protocol::{self, Message, StreamStatus};
 use crate::replication::ServerVersion;
 use crate::retry;
+use crate::secrets::BackupSecret;
 use crate::xbstream::{self, Extractor, Progress, Summary};
 
 /// Where a clone is extracted and prepared before being moved into place. It exists only
@@ -125,6 +126,8 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// Refuse streams without the agent's end-of-stream entry (no tutorial donors).
     pub require_end_marker: bool,
+    /// Prove it to donors and require their proof; `None` accepts any donor.
+    pub secret: Option<BackupSecret>,
 }
 
 /// What the data dir holds when `clone` starts.
@@ -237,6 +240,11 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
         "the data dir {} does not exist or is not a directory (see --data-dir)",
         data_dir.display()
     );
+    if config.secret.is_none() {
+        warn!(
+            "no --backup-secret-file: donors are not authenticated, so anyone on the pod network could feed this pod a backup"
+        );
+    }
     match inspect(data_dir)? {
         DataDirState::Empty => {}
         DataDirState::CloneDone => {
@@ -373,13 +381,15 @@ async fn attempt(
         }
     });
     let reporter = tokio::spawn(report_progress(Arc::clone(&progress), started));
-    let received = tokio::task::spawn_blocking({
-        let (staging, flavor, stall) =
-            (staging.clone(), config.tool.flavor(), config.stall_timeout);
-        let (progress, cancel) = (Arc::clone(&progress), cancel.clone());
-        move || receive(socket, &staging, flavor, stall, progress, cancel)
-    })
-    .await;
+    let transfer = Transfer {
+        staging: staging.clone(),
+        flavor: config.tool.flavor(),
+        stall: config.stall_timeout,
+        secret: config.secret.clone(),
+        progress: Arc::clone(&progress),
+        cancel: cancel.clone(),
+    };
+    let received = tokio::task::spawn_blocking(move || receive(socket, transfer)).await;
     watcher.abort();
     reporter.abort();
     let summary = received.map_err(|e| AttemptError::Failed(e.into()))??;
@@ -432,49 +442,79 @@ async fn connect(donor: &Donor) -> Result<std::net::TcpStream> {
     Ok(socket)
 }
 
-/// Reads the donor's answer on a blocking thread: a refusal line, or a stream to extract.
-fn receive(
-    mut socket: std::net::TcpStream,
-    staging: &Path,
+/// What the blocking thread receiving from one donor needs.
+struct Transfer {
+    staging: PathBuf,
     flavor: xbstream::Flavor,
     stall: Duration,
+    secret: Option<BackupSecret>,
     progress: Arc<Progress>,
     cancel: CancellationToken,
-) -> Result<Summary, AttemptError> {
+}
+
+/// Reads the donor's answer on a blocking thread: the handshake when there is a secret, then
+/// a refusal line or a stream to extract.
+fn receive(socket: std::net::TcpStream, transfer: Transfer) -> Result<Summary, AttemptError> {
+    let Transfer {
+        staging,
+        flavor,
+        stall,
+        secret,
+        progress,
+        cancel,
+    } = transfer;
+    let (staging, secret) = (staging.as_path(), secret.as_ref());
     let failed = |e: anyhow::Error| AttemptError::from_transfer(explain_stall(e, stall));
     socket
         .set_read_timeout(Some(stall))
         .map_err(|e| AttemptError::Failed(e.into()))?;
-    let mut head = [0u8; 8];
-    let mut got = 0;
-    while got < head.len() {
-        match socket.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(failed(
-                    anyhow::Error::new(e).context("reading from the donor"),
-                ));
+    let mut replies = socket
+        .try_clone()
+        .map_err(|e| AttemptError::Failed(e.into()))?;
+    // Buffered so that the lines and the stream after them are read from one place.
+    let mut input = BufReader::new(socket);
+    let mut authenticated = false;
+    let head = loop {
+        let head =
+            read_head(&mut input).map_err(|e| failed(e.context("reading from the donor")))?;
+        if head.is_empty() {
+            return Err(AttemptError::Unavailable(
+                "the donor closed the connection without sending anything".into(),
+            ));
+        }
+        if head != protocol::LINE_PREFIX.as_bytes()[..8] {
+            break head;
+        }
+        let line = read_line(&head, &mut input).map_err(failed)?;
+        match Message::parse(&line).map_err(AttemptError::Failed)? {
+            Message::Challenge(server_nonce) => {
+                let Some(secret) = secret else {
+                    return Err(AttemptError::Fatal(anyhow!(
+                        "the donor requires a backup secret: pass --backup-secret-file with the StatefulSet's secret"
+                    )));
+                };
+                answer_challenge(secret, &server_nonce, &mut replies, &mut input).map_err(|e| match e {
+                    Handshake::Denied(reason) => AttemptError::Fatal(anyhow!(
+                        "the donor refused our backup secret ({reason}): the pods do not share the same secret"
+                    )),
+                    Handshake::Failed(e) => failed(e),
+                })?;
+                authenticated = true;
+            }
+            refusal @ (Message::Busy(_) | Message::NotReady(_)) => {
+                return Err(AttemptError::Unavailable(refusal.to_string()));
+            }
+            other => {
+                return Err(AttemptError::Failed(anyhow!(
+                    "unexpected {other} from the donor"
+                )));
             }
         }
-    }
-    if got == 0 {
-        return Err(AttemptError::Unavailable(
-            "the donor closed the connection without sending anything".into(),
-        ));
-    }
-    let head = &head[..got];
-    if head == &protocol::LINE_PREFIX.as_bytes()[..8] {
-        let mut rest = Vec::new();
-        (&mut socket)
-            .take(protocol::MAX_LINE_LEN as u64)
-            .read_to_end(&mut rest)
-            .map_err(|e| failed(e.into()))?;
-        let text = String::from_utf8_lossy(&[head, &rest].concat()).into_owned();
-        let line = text.lines().next().unwrap_or_default();
-        let refusal = Refusal::parse(line).map_err(AttemptError::Failed)?;
-        return Err(AttemptError::Unavailable(refusal.to_string()));
+    };
+    if secret.is_some() && !authenticated {
+        return Err(AttemptError::Failed(anyhow!(
+            "the donor sent a backup without proving it knows the backup secret (it runs without one); refused"
+        )));
     }
     fs::create_dir(staging)
         .with_context(|| format!("creating {}", staging.display()))
@@ -483,9 +523,71 @@ fn receive(
         .with_trailer(protocol::STATUS_ENTRY)
         .with_progress(progress)
         .with_cancel(cancel)
-        .extract(Cursor::new(head.to_vec()).chain(socket))
+        .extract(Cursor::new(head).chain(input))
         .context("receiving the backup stream")
         .map_err(failed)
+}
+
+/// The first 8 bytes of what comes next (fewer at the end of the stream): enough to tell an
+/// agent line from xbstream's magic.
+fn read_head(input: &mut impl Read) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(8);
+    input.take(8).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// The rest of an agent line whose first bytes were `head`, without its newline.
+fn read_line(head: &[u8], input: &mut impl BufRead) -> Result<String> {
+    let mut line = head.to_vec();
+    input
+        .take(protocol::MAX_LINE_LEN as u64)
+        .read_until(b'\n', &mut line)
+        .context("reading a line from the donor")?;
+    ensure!(
+        line.ends_with(b"\n"),
+        "a line from the donor without an end"
+    );
+    line.pop();
+    String::from_utf8(line).context("a line from the donor that is not text")
+}
+
+enum Handshake {
+    /// The donor says our proof is wrong.
+    Denied(String),
+    Failed(anyhow::Error),
+}
+
+/// Proves we know the secret, and checks the donor's proof that it does too.
+fn answer_challenge(
+    secret: &BackupSecret,
+    server_nonce: &protocol::Nonce,
+    replies: &mut impl Write,
+    input: &mut impl BufRead,
+) -> Result<(), Handshake> {
+    let failed = Handshake::Failed;
+    let nonce = protocol::nonce().map_err(failed)?;
+    let auth = Message::Auth {
+        nonce,
+        mac: protocol::client_proof(secret, server_nonce, &nonce),
+    };
+    replies
+        .write_all(auth.to_line().as_bytes())
+        .context("answering the donor's challenge")
+        .map_err(failed)?;
+    let head = read_head(input).map_err(failed)?;
+    let line = read_line(&head, input).map_err(failed)?;
+    match Message::parse(&line).map_err(failed)? {
+        Message::Proof(mac)
+            if protocol::server_proof_is_valid(secret, server_nonce, &nonce, &mac) =>
+        {
+            Ok(())
+        }
+        Message::Proof(_) => Err(failed(anyhow!(
+            "the donor's proof does not match: it does not know the backup secret"
+        ))),
+        Message::Denied(reason) => Err(Handshake::Denied(reason)),
+        other => Err(failed(anyhow!("unexpected {other} after our proof"))),
+    }
 }
 
 /// A read timeout surfaces as EAGAIN; say what it means.

@@ -8,6 +8,7 @@
 //! - `serve-backup` (sidecar): replication is pointed at the primary from the clone's
 //!   coordinates, then backups are served to new peers on 3307 ([`serve`], [`replication`]).
 
+pub mod accounts;
 pub mod backup_tool;
 pub mod cli;
 pub mod clone;
@@ -21,6 +22,7 @@ pub mod process;
 pub mod protocol;
 pub mod replication;
 pub mod retry;
+pub mod secrets;
 pub mod serve;
 pub mod shutdown;
 pub mod xbstream;

@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::replication::ServerVersion;
 use crate::retry;
+use crate::secrets::Password;
 
 /// How long one connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,7 +22,7 @@ pub struct MysqlTarget {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: Option<String>,
+    pub password: Password,
 }
 
 impl fmt::Debug for MysqlTarget {
@@ -42,7 +43,7 @@ impl MysqlTarget {
             .ip_or_hostname(self.host.clone())
             .tcp_port(self.port)
             .user(Some(self.user.clone()))
-            .pass(self.password.clone())
+            .pass(Some(self.password.expose().to_owned()))
             // The driver would otherwise switch to the unix socket it finds via @@socket,
             // which is not shared with the sidecar's container.
             .prefer_socket(false)

@@ -18,6 +18,7 @@ use crate::coordinates::{Coordinates, Position};
 use crate::fsutil;
 use crate::mysql::{self, MysqlTarget};
 use crate::retry;
+use crate::secrets::Password;
 
 /// What `MASTER_CONNECT_RETRY` the tutorial used: seconds between the IO thread's reconnects.
 pub const SOURCE_CONNECT_RETRY_SECS: u32 = 10;
@@ -137,7 +138,7 @@ pub struct Source {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: String,
+    pub password: Password,
 }
 
 impl fmt::Debug for Source {
@@ -242,7 +243,7 @@ pub fn setup_statements(
         format!("{opt}_HOST={}", lit(&source.host)),
         format!("{opt}_PORT={}", source.port),
         format!("{opt}_USER={}", lit(&source.user)),
-        format!("{opt}_PASSWORD={}", lit(&source.password)),
+        format!("{opt}_PASSWORD={}", lit(source.password.expose())),
         format!("{opt}_CONNECT_RETRY={SOURCE_CONNECT_RETRY_SECS}"),
     ];
     match position {
@@ -556,7 +557,7 @@ mod tests {
             host: "mysql-0.mysql".into(),
             port: 3306,
             user: "repl".into(),
-            password: "s3cr'et\\".into(),
+            password: Password::new("s3cr'et\\"),
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! The listener opens at once, but a replica answers NOT-READY until its replication is
 //! configured: a backup taken before that would carry no coordinates, and the peer cloning
-//! it could never replicate.
+//! it could never replicate. With a backup secret, a client first proves it knows the secret
+//! (see [`crate::protocol::Message`]); until then it learns nothing, not even readiness.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,13 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::accounts::{self, Account, Role};
 use crate::backup_tool::{self, BackupTool};
 use crate::coordinates;
-use crate::mysql::{self, MysqlTarget};
+use crate::mysql::{self, MysqlTarget, ServerInfo};
 use crate::pod::PodIdentity;
 use crate::process::Supervised;
-use crate::protocol::{Refusal, StreamStatus};
+use crate::protocol::{self, Message, StreamStatus};
 use crate::replication::{self, Outcome, Source};
+use crate::retry;
+use crate::secrets::{BackupSecret, ClientOptionsFile};
 
 /// Bytes moved per read from the backup tool's stdout.
 const COPY_BUF_LEN: usize = 1024 * 1024;
@@ -42,8 +46,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The local mysqld, for replication setup and for the backup tool.
     pub mysql: MysqlTarget,
-    /// The primary, as the replica's IO thread reaches it.
+    /// The primary, as the replica's IO thread reaches it, with the replication account.
     pub source: Source,
+    /// The account the backup tool connects with.
+    pub backup_account: Account,
+    /// Create the replication and backup accounts on the primary when missing.
+    pub create_accounts: bool,
+    /// Serve only clients that prove they know it; `None` is the tutorial's open port.
+    pub secret: Option<BackupSecret>,
     pub tool: BackupTool,
     pub max_backups: usize,
 }
@@ -67,6 +77,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("listening for backup clients on {}", config.listen))?;
     info!(listen = %config.listen, tool = %config.tool, "serving backups");
+    if config.secret.is_none() {
+        warn!(
+            listen = %config.listen,
+            "no --backup-secret-file: anyone who reaches this port can download a full copy of the database \
+             (the tutorial's raw mode, kept so a tutorial StatefulSet can be migrated pod by pod)"
+        );
+    }
     let (ready_tx, readiness) =
         watch::channel(Readiness::NotReady("waiting for the local mysqld".into()));
     // Serving stops at SIGTERM, or when set-up finds this pod can never serve.
@@ -121,6 +138,9 @@ async fn set_up(
     }
     info!(server = %server.version, tool = %config.tool, "the backup tool matches the server");
     if config.pod.is_primary() {
+        if config.create_accounts {
+            create_accounts(&config, &server, &serving).await;
+        }
         let _ = ready.send(Readiness::Ready);
         return Ok(());
     }
@@ -181,15 +201,116 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, cancel: Cancellat
     }
 }
 
+/// Creates the replication and backup accounts, retrying through transient failures; an
+/// account the admin user itself serves as is left alone.
+async fn create_accounts(config: &Config, server: &ServerInfo, cancel: &CancellationToken) {
+    let replication = Account {
+        user: config.source.user.clone(),
+        password: config.source.password.clone(),
+    };
+    let wanted = [
+        (&replication, Role::Replication),
+        (&config.backup_account, Role::Backup),
+    ];
+    let mut delays = retry::backoff();
+    loop {
+        let created: Result<()> = async {
+            let mut conn = mysql::connect_with_retry(&config.mysql, cancel).await?;
+            for (account, role) in wanted {
+                if account.user != config.mysql.user {
+                    accounts::ensure(
+                        &mut conn,
+                        &server.version,
+                        server.no_backslash_escapes,
+                        account,
+                        role,
+                    )
+                    .await?;
+                }
+            }
+            let _ = conn.disconnect().await;
+            Ok(())
+        }
+        .await;
+        match created {
+            Ok(()) => return,
+            Err(_) if cancel.is_cancelled() => return,
+            Err(e) => {
+                let delay = delays.next().unwrap_or(retry::MAX_DELAY);
+                warn!(error = %format_args!("{e:#}"), retry_in = ?delay, "creating accounts failed; retrying");
+                if retry::sleep(delay, cancel).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long a client has to answer the challenge.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Challenges the client; `Err` says why it failed, for the log (the client learns only that
+/// it was denied).
+async fn authenticate(socket: &mut TcpStream, secret: &BackupSecret) -> Result<()> {
+    let server_nonce = protocol::nonce()?;
+    socket
+        .write_all(Message::Challenge(server_nonce).to_line().as_bytes())
+        .await
+        .context("sending the challenge")?;
+    let line = tokio::time::timeout(AUTH_TIMEOUT, read_line(socket))
+        .await
+        .context("no answer to the challenge in time")??;
+    let Message::Auth { nonce, mac } = Message::parse(&line).context("a garbled answer")? else {
+        anyhow::bail!("an answer that is not an authentication");
+    };
+    if !protocol::client_proof_is_valid(secret, &server_nonce, &nonce, &mac) {
+        anyhow::bail!("a proof that does not match the secret (a wrong secret, or a replay)");
+    }
+    let proof = Message::Proof(protocol::server_proof(secret, &server_nonce, &nonce));
+    socket
+        .write_all(proof.to_line().as_bytes())
+        .await
+        .context("sending the proof")
+}
+
+/// One line from the client, without its newline, at most [`protocol::MAX_LINE_LEN`] bytes.
+/// Byte by byte: nothing may be read past it, and a handshake line is short.
+async fn read_line(socket: &mut TcpStream) -> Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let byte = socket
+            .read_u8()
+            .await
+            .context("reading the client's answer")?;
+        if byte == b'\n' {
+            return String::from_utf8(line).context("an answer that is not text");
+        }
+        anyhow::ensure!(
+            line.len() < protocol::MAX_LINE_LEN,
+            "an answer too long to be one"
+        );
+        line.push(byte);
+    }
+}
+
 async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationToken) {
+    if let Some(secret) = &server.config.secret
+        && let Err(e) = authenticate(&mut socket, secret).await
+    {
+        warn!(reason = %format_args!("{e:#}"), "refused a client that did not prove it knows the backup secret");
+        let denied = Message::Denied("authentication failed".into()).to_line();
+        let _ =
+            tokio::time::timeout(SHORT_WRITE_TIMEOUT, socket.write_all(denied.as_bytes())).await;
+        return;
+    }
     let refusal = match &*server.readiness.borrow() {
-        Readiness::NotReady(reason) => Some(Refusal::NotReady(reason.clone())),
+        Readiness::NotReady(reason) => Some(Message::NotReady(reason.clone())),
         Readiness::Ready => None,
     };
     let permit = match refusal {
         Some(refusal) => Err(refusal),
         None => Arc::clone(&server.slots).try_acquire_owned().map_err(|_| {
-            Refusal::Busy(format!(
+            Message::Busy(format!(
                 "already serving {} backup(s); retry later",
                 server.config.max_backups
             ))
@@ -237,7 +358,12 @@ async fn stream_backup(
     cancel: &CancellationToken,
 ) -> Result<StreamStatus> {
     let config = &server.config;
-    let mut command = config.tool.backup_command(&config.data_dir, &config.mysql);
+    // Lives until the tool is done: its password never touches the tool's command line.
+    let options =
+        ClientOptionsFile::create(&config.backup_account.user, &config.backup_account.password)?;
+    let mut command = config
+        .tool
+        .backup_command(&config.data_dir, &config.mysql, options.path());
     command.stdout(std::process::Stdio::piped());
     let mut child = Supervised::spawn(command, "backup")?;
     let mut stdout = child

@@ -60,11 +60,98 @@ pub struct ClusterSpec {
     pub root: PathBuf,
     /// The mysql-agent binary under test.
     pub agent: PathBuf,
+    /// Passwords and a backup secret from files, as a hardened StatefulSet mounts them;
+    /// otherwise the tutorial's root without a password and an open port 3307.
+    pub secured: bool,
+}
+
+/// The secrets of a secured cluster: in files under `<root>/secrets/` (mode 0600), as a
+/// Kubernetes Secret is mounted, and in memory for the tests' own checks.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub dir: PathBuf,
+    pub root_password: String,
+    pub replication_password: String,
+    pub backup_password: String,
+    pub backup_secret: String,
+}
+
+pub const REPLICATION_USER: &str = "repl";
+pub const BACKUP_USER: &str = "backup";
+
+impl Credentials {
+    fn generate(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let random = || -> Result<String> {
+            let mut bytes = [0u8; 12];
+            File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+            Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        };
+        // Quotes, a backslash and a '#' make every quoting layer (SQL literals, option files)
+        // do its job; the random part makes each value findable in a grep.
+        let credentials = Self {
+            dir: dir.to_owned(),
+            root_password: format!("r'o\"o#t-{}", random()?),
+            replication_password: format!("re\\pl-{}", random()?),
+            backup_password: format!("b a'c#k-{}", random()?),
+            backup_secret: format!("secret-{}{}", random()?, random()?),
+        };
+        for (name, value) in credentials.files() {
+            let path = dir.join(name);
+            fs::write(&path, value)?;
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
+        Ok(credentials)
+    }
+
+    fn files(&self) -> [(&'static str, &str); 4] {
+        [
+            ("root-password", &self.root_password),
+            ("replication-password", &self.replication_password),
+            ("backup-password", &self.backup_password),
+            ("backup-secret", &self.backup_secret),
+        ]
+    }
+
+    /// Every secret value, for tests that look for leaks.
+    pub fn values(&self) -> [&str; 4] {
+        [
+            &self.root_password,
+            &self.replication_password,
+            &self.backup_password,
+            &self.backup_secret,
+        ]
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// serve-backup's flags in a hardened StatefulSet: every account from a file, the
+    /// accounts created by the primary, the port guarded by the secret.
+    fn sidecar_args(&self) -> Vec<String> {
+        vec![
+            "--mysql-password-file".into(),
+            self.file("root-password"),
+            "--replication-user".into(),
+            REPLICATION_USER.into(),
+            "--replication-password-file".into(),
+            self.file("replication-password"),
+            "--backup-user".into(),
+            BACKUP_USER.into(),
+            "--backup-password-file".into(),
+            self.file("backup-password"),
+            "--create-accounts".into(),
+            "--backup-secret-file".into(),
+            self.file("backup-secret"),
+        ]
+    }
 }
 
 pub struct Cluster {
     spec: ClusterSpec,
     config_map: PathBuf,
+    credentials: Option<Credentials>,
     pods: Vec<Pod>,
     _hosts: HostsBlock,
 }
@@ -94,9 +181,14 @@ impl Cluster {
             .map(|n| (pod_addr(spec.subnet, n), pod_host(&spec.service, n)))
             .collect();
         let hosts = HostsBlock::install(&spec.service, &names)?;
+        let credentials = spec
+            .secured
+            .then(|| Credentials::generate(&spec.root.join("secrets")))
+            .transpose()?;
         Ok(Self {
             spec,
             config_map,
+            credentials,
             pods: Vec::new(),
             _hosts: hosts,
         })
@@ -104,6 +196,11 @@ impl Cluster {
 
     pub fn spec(&self) -> &ClusterSpec {
         &self.spec
+    }
+
+    /// The secrets of a secured cluster.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
     }
 
     pub fn pods(&self) -> &[Pod] {
@@ -141,7 +238,12 @@ impl Cluster {
     pub fn new_pod(&mut self) -> Result<u32> {
         let ordinal = self.pods.len() as u32;
         ensure!(ordinal < MAX_PODS, "at most {MAX_PODS} pods");
-        let pod = Pod::new(&self.spec, &self.config_map, ordinal)?;
+        let pod = Pod::new(
+            &self.spec,
+            &self.config_map,
+            self.credentials.clone(),
+            ordinal,
+        )?;
         self.pods.push(pod);
         Ok(ordinal)
     }
@@ -216,12 +318,18 @@ pub struct Pod {
     config_map: PathBuf,
     mysqld: Option<Child>,
     sidecar: Option<Child>,
+    credentials: Option<Credentials>,
     /// Extra environment for every agent process of this pod (failpoints, say).
     pub agent_env: Vec<(String, String)>,
 }
 
 impl Pod {
-    fn new(spec: &ClusterSpec, config_map: &Path, ordinal: u32) -> Result<Self> {
+    fn new(
+        spec: &ClusterSpec,
+        config_map: &Path,
+        credentials: Option<Credentials>,
+        ordinal: u32,
+    ) -> Result<Self> {
         let name = pod_name(ordinal);
         let dir = spec.root.join(&name);
         // Each pod has its own /tmp, as in Kubernetes: a starting mysqld deletes every `#sql*`
@@ -242,6 +350,7 @@ impl Pod {
             config_map: config_map.to_owned(),
             mysqld: None,
             sidecar: None,
+            credentials,
             agent_env: Vec::new(),
         };
         fs::write(pod.defaults_file(), pod.my_cnf())?;
@@ -329,19 +438,30 @@ impl Pod {
         .await
     }
 
-    /// Runs the clone init container; `extra` adds flags (donors, timeouts) for tests.
+    /// The clone init container's flags, `extra` (donors, timeouts) added by tests.
+    fn clone_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["--data-dir".into(), self.data_dir().display().to_string()];
+        if let Some(credentials) = &self.credentials {
+            args.extend([
+                "--backup-secret-file".into(),
+                credentials.file("backup-secret"),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Runs the clone init container.
     pub async fn clone_data(&self, extra: &[&str]) -> Result<()> {
-        let data = self.data_dir().display().to_string();
-        let mut args = vec!["--data-dir", data.as_str()];
-        args.extend_from_slice(extra);
+        let args = self.clone_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run_init_container("clone", &args).await
     }
 
     /// Starts the clone init container without waiting for it, for tests that interrupt it.
     pub fn spawn_clone(&self, extra: &[&str]) -> Result<Child> {
-        let data = self.data_dir().display().to_string();
-        let mut args = vec!["--data-dir", data.as_str()];
-        args.extend_from_slice(extra);
+        let args = self.clone_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.agent_command("clone", &args)?
             .spawn()
             .with_context(|| format!("starting clone for {}", self.name))
@@ -404,8 +524,8 @@ impl Pod {
         Ok(())
     }
 
-    /// The mysql image's MYSQL_ALLOW_EMPTY_PASSWORD: root from anywhere, no password, kept
-    /// out of the binary log as the image's entrypoint does.
+    /// The mysql image's MYSQL_ALLOW_EMPTY_PASSWORD (or MYSQL_ROOT_PASSWORD_FILE when
+    /// secured): root from anywhere, kept out of the binary log as the image's entrypoint does.
     async fn create_root_anywhere(&self) -> Result<()> {
         let opts = OptsBuilder::default()
             .socket(Some(self.socket().display().to_string()))
@@ -421,10 +541,22 @@ impl Pod {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        conn.query_drop(
-            "SET SQL_LOG_BIN=0; CREATE USER 'root'@'%' IDENTIFIED BY ''; \
-             GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION",
-        )
+        // The images drop the other root accounts install-db makes (root@'127.0.0.1' would
+        // otherwise match loopback clients first, without a password).
+        let others: Vec<String> = conn
+            .query("SELECT Host FROM mysql.user WHERE User = 'root' AND Host NOT IN ('localhost', '%')")
+            .await?;
+        for host in others {
+            let host = mysql_async::Value::from(host).as_sql(false);
+            conn.query_drop(format!("SET SQL_LOG_BIN=0; DROP USER 'root'@{host}"))
+                .await?;
+        }
+        let password = mysql_async::Value::from(self.root_password()).as_sql(false);
+        conn.query_drop(format!(
+            "SET SQL_LOG_BIN=0; CREATE USER 'root'@'%' IDENTIFIED BY {password}; \
+             GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION; \
+             ALTER USER 'root'@'localhost' IDENTIFIED BY {password}"
+        ))
         .await?;
         conn.disconnect().await?;
         Ok(())
@@ -480,6 +612,11 @@ impl Pod {
         let data = self.data_dir().display().to_string();
         let listen = self.backup_addr();
         let mysql_host = self.addr.to_string();
+        let secured = self
+            .credentials
+            .as_ref()
+            .map(Credentials::sidecar_args)
+            .unwrap_or_default();
         let mut args = vec![
             "--data-dir",
             data.as_str(),
@@ -488,6 +625,7 @@ impl Pod {
             "--mysql-host",
             mysql_host.as_str(),
         ];
+        args.extend(secured.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let log = self.log("serve-backup");
         let already = fs::read_to_string(&log)
@@ -600,12 +738,20 @@ impl Pod {
         .await
     }
 
+    /// Root's password: the secured cluster's, or the tutorial's empty one.
+    pub fn root_password(&self) -> &str {
+        self.credentials
+            .as_ref()
+            .map_or("", |c| c.root_password.as_str())
+    }
+
     /// A TCP connection as root, the way clients reach the pod.
     pub async fn conn(&self) -> Result<Conn> {
         let opts = OptsBuilder::default()
             .ip_or_hostname(self.addr.to_string())
             .tcp_port(MYSQL_PORT)
             .user(Some("root"))
+            .pass(Some(self.root_password().to_owned()))
             .prefer_socket(false);
         Conn::new(opts)
             .await

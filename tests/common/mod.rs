@@ -21,6 +21,15 @@ pub fn spec(service: &str, subnet: u8) -> ClusterSpec {
             .join("clusters")
             .join(service),
         agent: PathBuf::from(AGENT),
+        secured: false,
+    }
+}
+
+/// A cluster with passwords and a backup secret from files, as a hardened StatefulSet runs.
+pub fn secured_spec(service: &str, subnet: u8) -> ClusterSpec {
+    ClusterSpec {
+        secured: true,
+        ..spec(service, subnet)
     }
 }
 

@@ -17,6 +17,10 @@ struct Args {
     /// Where the pods' volumes and logs go (emptied first, kept afterwards)
     #[arg(long, default_value = "target/demo")]
     root: PathBuf,
+    /// Run as a hardened StatefulSet would: passwords and a backup secret from files, the
+    /// replication and backup accounts created by the primary's agent
+    #[arg(long)]
+    secure: bool,
 }
 
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,6 +34,7 @@ async fn main() -> Result<()> {
         subnet: 0,
         root: std::path::absolute(&args.root)?,
         agent: std::path::absolute(&args.agent)?,
+        secured: args.secure,
     };
     println!(
         "== mysql-agent demo: the tutorial's StatefulSet on loopback (pods in {})",
