@@ -51,6 +51,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
                 ("--donor-wait", "MYSQL_AGENT_DONOR_WAIT"),
                 ("--stall-timeout", "MYSQL_AGENT_STALL_TIMEOUT"),
                 ("--require-end-marker", "MYSQL_AGENT_REQUIRE_END_MARKER"),
+                ("--backup-secret-file", "MYSQL_AGENT_BACKUP_SECRET_FILE"),
             ],
         ),
         (
@@ -67,6 +68,16 @@ fn help_documents_every_flag_and_its_environment_variable() {
                 ("--primary-port", "MYSQL_AGENT_PRIMARY_PORT"),
                 ("--backup-tool", "MYSQL_AGENT_BACKUP_TOOL"),
                 ("--max-backups", "MYSQL_AGENT_MAX_BACKUPS"),
+                ("--mysql-password-file", "MYSQL_AGENT_MYSQL_PASSWORD_FILE"),
+                ("--replication-user", "MYSQL_AGENT_REPLICATION_USER"),
+                (
+                    "--replication-password-file",
+                    "MYSQL_AGENT_REPLICATION_PASSWORD_FILE",
+                ),
+                ("--backup-user", "MYSQL_AGENT_BACKUP_USER"),
+                ("--backup-password-file", "MYSQL_AGENT_BACKUP_PASSWORD_FILE"),
+                ("--create-accounts", "MYSQL_AGENT_CREATE_ACCOUNTS"),
+                ("--backup-secret-file", "MYSQL_AGENT_BACKUP_SECRET_FILE"),
             ],
         ),
     ];
