@@ -37,10 +37,39 @@ Pod <statefulset>-0 is the primary; the others are replicas. Peers are reached a
 #[derive(Debug, Parser)]
 #[command(name = "mysql-agent", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// How the agent reports: logs on stderr, and why it failed for `kubectl describe pod`.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log lines as human-readable text or as one JSON object each (the level comes from RUST_LOG)
+    #[arg(long, env = "MYSQL_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Where a fatal error is also written, for the pod's status [default: /dev/termination-log
+    /// when it exists, as in a Kubernetes container]
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_TERMINATION_LOG",
+        value_name = "PATH",
+        global = true
+    )]
+    pub termination_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// Parsed once at start-up: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write server-id.cnf and the role's config into conf.d (first initContainer).
@@ -237,6 +266,23 @@ pub struct CloneArgs {
 
     #[command(flatten)]
     pub secret: SecretArgs,
+
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProgressArgs {
+    /// How often a running transfer logs a progress line
+    #[arg(long, env = "MYSQL_AGENT_PROGRESS_INTERVAL", value_name = "DURATION", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+}
+
+impl ProgressArgs {
+    fn interval(&self) -> Duration {
+        self.progress_interval.max(Duration::from_millis(100))
+    }
 }
 
 impl CloneArgs {
@@ -263,6 +309,7 @@ impl CloneArgs {
             stall_timeout: self.stall_timeout.max(Duration::from_secs(1)),
             require_end_marker: self.require_end_marker,
             secret: self.secret.load()?,
+            progress_interval: self.progress.interval(),
         })
     }
 }
@@ -369,6 +416,23 @@ pub struct ServeBackupArgs {
     #[arg(long, env = "MYSQL_AGENT_MAX_BACKUPS", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_backups: u32,
+
+    /// Address of the HTTP endpoint: /healthz, /readyz and /metrics
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_HTTP_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub http_listen: SocketAddr,
+
+    /// A replica lagging more than this behind the primary is not ready (/readyz)
+    #[arg(long, env = "MYSQL_AGENT_MAX_REPLICATION_LAG", value_name = "DURATION", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub max_replication_lag: Duration,
+
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 impl ServeBackupArgs {
@@ -412,6 +476,9 @@ impl ServeBackupArgs {
             create_accounts: self.create_accounts,
             secret: self.secret.load()?,
             max_backups: self.max_backups as usize,
+            http_listen: self.http_listen,
+            max_replication_lag: self.max_replication_lag,
+            progress_interval: self.progress.interval(),
         })
     }
 }

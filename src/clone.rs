@@ -32,7 +32,8 @@ use crate::coordinates::{self, Coordinates};
 use crate::fsutil;
 use crate::pod::PodIdentity;
 use crate::process;
-use crate::protocol::{self, Message, StreamStatus};
+use crate::progress::{self, Sample};
+use crate::protocol::{self, Message, StreamInfo, StreamStatus};
 use crate::replication::ServerVersion;
 use crate::retry;
 use crate::secrets::BackupSecret;
@@ -57,8 +58,6 @@ fn is_ignored(name: &str) -> bool {
 }
 /// How long connecting to one donor may take before trying the next.
 pub const DONOR_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a running clone logs its progress.
-pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A peer's backup server: `HOST[:PORT]`, port 3307 by default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +127,7 @@ pub struct Config {
     pub require_end_marker: bool,
     /// Prove it to donors and require their proof; `None` accepts any donor.
     pub secret: Option<BackupSecret>,
+    pub progress_interval: Duration,
 }
 
 /// What the data dir holds when `clone` starts.
@@ -380,7 +380,12 @@ async fn attempt(
             let _ = shutter.shutdown(Shutdown::Both);
         }
     });
-    let reporter = tokio::spawn(report_progress(Arc::clone(&progress), started));
+    let reporter = tokio::spawn({
+        let progress = Arc::clone(&progress);
+        progress::report("receiving", config.progress_interval, started, move || {
+            sample(&progress)
+        })
+    });
     let transfer = Transfer {
         staging: staging.clone(),
         flavor: config.tool.flavor(),
@@ -520,6 +525,7 @@ fn receive(socket: std::net::TcpStream, transfer: Transfer) -> Result<Summary, A
         .with_context(|| format!("creating {}", staging.display()))
         .map_err(AttemptError::from_transfer)?;
     Extractor::new(staging, flavor)
+        .with_header(protocol::INFO_ENTRY)
         .with_trailer(protocol::STATUS_ENTRY)
         .with_progress(progress)
         .with_cancel(cancel)
@@ -711,20 +717,15 @@ fn wipe(data_dir: &Path) -> Result<()> {
     fsutil::fsync_dir(data_dir)
 }
 
-async fn report_progress(progress: Arc<Progress>, started: Instant) {
-    let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        let bytes = progress.bytes();
-        let secs = started.elapsed().as_secs_f64();
-        info!(
-            received_mib = format!("{:.1}", mib(bytes)),
-            rate_mib_s = format!("{:.1}", mib(bytes) / secs),
-            files = progress.files(),
-            elapsed_s = secs.round() as u64,
-            "receiving"
-        );
+/// What the extraction has done so far, with the donor's estimate once its info arrived.
+fn sample(progress: &Progress) -> Sample {
+    Sample {
+        bytes: progress.bytes(),
+        files: Some(progress.files()),
+        estimated_bytes: progress
+            .header()
+            .and_then(|h| StreamInfo::parse(h).ok())
+            .map(|info| info.estimated_bytes),
     }
 }
 
@@ -916,6 +917,7 @@ mod tests {
         let with = |s: StreamStatus, offset| Summary {
             bytes: 0,
             files: 0,
+            header: None,
             trailer: Some(xbstream::Trailer {
                 stream_offset: offset,
                 contents: s.to_text().into_bytes(),
@@ -926,6 +928,7 @@ mod tests {
         let without = Summary {
             bytes: 0,
             files: 0,
+            header: None,
             trailer: None,
         };
         let cut = format!(

@@ -63,6 +63,21 @@ pub fn remove_all(path: &Path) -> Result<()> {
     result.with_context(|| format!("removing {}", path.display()))
 }
 
+/// Bytes in the regular files under `dir`, for estimates: unreadable entries count as 0.
+pub fn tree_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => tree_size(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// The names in a directory, sorted.
 pub fn list_dir(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
@@ -99,6 +114,17 @@ mod tests {
     fn atomic_write_names_the_unwritable_path() {
         let err = write_atomic(Path::new("/nonexistent-dir/x.cnf"), b"x").unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent-dir/.x.cnf.tmp"));
+    }
+
+    #[test]
+    fn tree_size_adds_up_files_and_skips_links() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/b/f"), [0u8; 100]).unwrap();
+        fs::write(dir.path().join("g"), [0u8; 23]).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("link")).unwrap();
+        assert_eq!(tree_size(dir.path()), 123);
+        assert_eq!(tree_size(&dir.path().join("missing")), 0);
     }
 
     #[test]

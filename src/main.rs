@@ -1,10 +1,9 @@
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use mysql_agent::cli::Cli;
-use tracing_subscriber::EnvFilter;
+use mysql_agent::telemetry;
 
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -14,15 +13,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // kubectl logs is not a terminal; colour codes would only garble it.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    telemetry::init_logging(cli.log.log_format);
+    let termination_log = cli.log.termination_log.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,7 +36,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format_args!("{e:#}"), "mysql-agent failed");
+            let message = format!("{e:#}");
+            tracing::error!(error = %message, "mysql-agent failed");
+            telemetry::write_termination_message(termination_log.as_deref(), &message);
             ExitCode::FAILURE
         }
     }

@@ -26,6 +26,10 @@ use crate::xbstream;
 pub const DEFAULT_PORT: u16 = 3307;
 /// Name of the end-of-stream entry; a plain name both `xbstream` and `mbstream` extract.
 pub const STATUS_ENTRY: &str = "mysql_agent_stream_status";
+/// Name of the entry that opens the stream with what the donor can tell in advance (the
+/// size to expect). mbstream writes even chunks marked ignorable to disk, so this is a plain
+/// small file too, which the agent's extractor keeps in memory.
+pub const INFO_ENTRY: &str = "mysql_agent_stream_info";
 /// Starts every line the server sends instead of a stream; 8 bytes differ from xbstream's magic.
 pub const LINE_PREFIX: &str = "MYSQL-AGENT/1 ";
 /// A refusal line longer than this is not one.
@@ -175,6 +179,35 @@ pub fn server_proof_is_valid(
     keyed(secret, SERVER_LABEL, server, client)
         .verify_slice(mac)
         .is_ok()
+}
+
+/// What the server announces before the backup tool's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The donor's data dir size: what the stream will roughly carry.
+    pub estimated_bytes: u64,
+}
+
+impl StreamInfo {
+    pub fn to_text(&self) -> String {
+        format!("estimated_bytes = {}\n", self.estimated_bytes)
+    }
+
+    /// The entry as xbstream chunks, to send before the tool's stream.
+    pub fn to_chunks(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        xbstream::encode_file(INFO_ENTRY, self.to_text().as_bytes(), &mut out);
+        out
+    }
+
+    pub fn parse(text: &[u8]) -> Result<Self> {
+        let text = std::str::from_utf8(text).context("the stream info entry is not text")?;
+        let estimated_bytes = crate::coordinates::field(text, "estimated_bytes")
+            .context("the stream info entry has no estimated_bytes")?
+            .parse()
+            .context("estimated_bytes is not a number")?;
+        Ok(Self { estimated_bytes })
+    }
 }
 
 /// The verdict the server appends once the backup tool has exited.

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -22,10 +23,15 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::accounts::{self, Account, Role};
 use crate::backup_tool::{self, BackupTool};
 use crate::coordinates;
+use crate::fsutil;
+use crate::http::{self, HttpState};
+use crate::metrics::{self, BackupResult, Metrics};
+use crate::monitor::{self, Health};
 use crate::mysql::{self, MysqlTarget, ServerInfo};
 use crate::pod::PodIdentity;
 use crate::process::Supervised;
-use crate::protocol::{self, Message, StreamStatus};
+use crate::progress::{self, Sample};
+use crate::protocol::{self, Message, StreamInfo, StreamStatus};
 use crate::replication::{self, Outcome, Source};
 use crate::retry;
 use crate::secrets::{BackupSecret, ClientOptionsFile};
@@ -56,6 +62,11 @@ pub struct Config {
     pub secret: Option<BackupSecret>,
     pub tool: BackupTool,
     pub max_backups: usize,
+    /// Where /healthz, /readyz and /metrics are served.
+    pub http_listen: SocketAddr,
+    /// A replica lagging more than this is not ready.
+    pub max_replication_lag: Duration,
+    pub progress_interval: Duration,
 }
 
 /// Whether backups may be served.
@@ -70,13 +81,17 @@ pub struct Server {
     config: Config,
     slots: Arc<Semaphore>,
     readiness: watch::Receiver<Readiness>,
+    metrics: Arc<Metrics>,
 }
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening for backup clients on {}", config.listen))?;
-    info!(listen = %config.listen, tool = %config.tool, "serving backups");
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("listening for HTTP on {}", config.http_listen))?;
+    info!(listen = %listener.local_addr()?, tool = %config.tool, "serving backups");
     if config.secret.is_none() {
         warn!(
             listen = %config.listen,
@@ -84,19 +99,42 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
              (the tutorial's raw mode, kept so a tutorial StatefulSet can be migrated pod by pod)"
         );
     }
+    let metrics = Arc::new(Metrics::new());
     let (ready_tx, readiness) =
         watch::channel(Readiness::NotReady("waiting for the local mysqld".into()));
+    let (health_tx, health) = watch::channel(None);
     // Serving stops at SIGTERM, or when set-up finds this pod can never serve.
     let serving = cancel.child_token();
     let setup = tokio::spawn(
-        set_up(config.clone(), ready_tx, serving.clone()).instrument(info_span!("setup")),
+        set_up(
+            config.clone(),
+            ready_tx,
+            health_tx,
+            Arc::clone(&metrics),
+            serving.clone(),
+        )
+        .instrument(info_span!("setup")),
     );
+    let http_state = Arc::new(HttpState {
+        metrics: Arc::clone(&metrics),
+        setup: readiness.clone(),
+        health,
+        replica: !config.pod.is_primary(),
+        max_lag: config.max_replication_lag,
+    });
+    let http = tokio::spawn(http::serve(http_listener, http_state, serving.clone()));
     let server = Arc::new(Server {
         slots: Arc::new(Semaphore::new(config.max_backups)),
         config,
         readiness,
+        metrics,
     });
     serve(listener, server, serving).await;
+    match tokio::time::timeout(SHORT_WRITE_TIMEOUT, http).await {
+        Ok(Ok(Err(e))) => warn!(error = %format_args!("{e:#}"), "the HTTP endpoint failed"),
+        Ok(_) => {}
+        Err(_) => warn!("the HTTP endpoint did not stop in time"),
+    }
     if !setup.is_finished() {
         setup.abort();
     }
@@ -112,22 +150,20 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
 async fn set_up(
     config: Config,
     ready: watch::Sender<Readiness>,
+    health: watch::Sender<Option<Health>>,
+    metrics: Arc<Metrics>,
     serving: CancellationToken,
 ) -> Result<()> {
     // Broken coordinates are known without mysqld and will not mend: say so at once.
     let coordinates = if config.pod.is_primary() {
-        None
+        Ok(None)
     } else {
-        match coordinates::read_from_dir(&config.data_dir) {
-            Ok(coordinates) => coordinates,
-            Err(e) => {
-                let reason = format!("{e:#}");
-                error!(%reason, "replication cannot be configured; backups will be refused");
-                let _ = ready.send(Readiness::NotReady(reason));
-                return Ok(());
-            }
-        }
+        coordinates::read_from_dir(&config.data_dir).map_err(|e| format!("{e:#}"))
     };
+    if let Err(reason) = &coordinates {
+        error!(%reason, "replication cannot be configured; backups will be refused");
+        let _ = ready.send(Readiness::NotReady(reason.clone()));
+    }
     let Ok(server) = mysql::identify_with_retry(&config.mysql, &serving).await else {
         return Ok(()); // cancelled
     };
@@ -137,6 +173,20 @@ async fn set_up(
         return Err(e);
     }
     info!(server = %server.version, tool = %config.tool, "the backup tool matches the server");
+    tokio::spawn(
+        monitor::run(
+            config.mysql.clone(),
+            server.version,
+            !config.pod.is_primary(),
+            Arc::clone(&metrics),
+            health,
+            serving.clone(),
+        )
+        .instrument(info_span!("monitor")),
+    );
+    let Ok(coordinates) = coordinates else {
+        return Ok(());
+    };
     if config.pod.is_primary() {
         if config.create_accounts {
             create_accounts(&config, &server, &serving).await;
@@ -158,6 +208,7 @@ async fn set_up(
     {
         Ok(Outcome::Configured) => {
             info!(primary = %config.source.host, "replication is configured");
+            metrics.replication_configured.set(1);
             let _ = ready.send(Readiness::Ready);
         }
         Ok(Outcome::NotConfigured(reason)) => {
@@ -298,6 +349,7 @@ async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationTok
         && let Err(e) = authenticate(&mut socket, secret).await
     {
         warn!(reason = %format_args!("{e:#}"), "refused a client that did not prove it knows the backup secret");
+        server.metrics.refused(metrics::Refusal::Denied);
         let denied = Message::Denied("authentication failed".into()).to_line();
         let _ =
             tokio::time::timeout(SHORT_WRITE_TIMEOUT, socket.write_all(denied.as_bytes())).await;
@@ -320,6 +372,10 @@ async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationTok
         Ok(permit) => permit,
         Err(refusal) => {
             info!(%refusal, "refusing a backup client");
+            server.metrics.refused(match refusal {
+                Message::Busy(_) => metrics::Refusal::Busy,
+                _ => metrics::Refusal::NotReady,
+            });
             let line = refusal.to_line();
             let _ =
                 tokio::time::timeout(SHORT_WRITE_TIMEOUT, socket.write_all(line.as_bytes())).await;
@@ -328,7 +384,9 @@ async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationTok
     };
     let started = Instant::now();
     info!("serving a backup");
-    match stream_backup(&mut socket, server, cancel).await {
+    let metrics = &server.metrics;
+    metrics.backups_in_progress.inc();
+    let result = match stream_backup(&mut socket, server, cancel).await {
         Ok(status) => {
             let chunks = status.to_chunks();
             let sent = tokio::time::timeout(SHORT_WRITE_TIMEOUT, async {
@@ -338,24 +396,74 @@ async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationTok
             .await;
             let elapsed = started.elapsed();
             match (&status.failure, sent) {
-                (None, Ok(Ok(()))) => info!(bytes = status.stream_bytes, ?elapsed, "backup served"),
-                (Some(reason), _) => {
-                    warn!(%reason, bytes = status.stream_bytes, "backup failed; the client was told")
+                (None, Ok(Ok(()))) => {
+                    info!(bytes = status.stream_bytes, ?elapsed, "backup served");
+                    BackupResult::Completed
                 }
-                (None, _) => warn!("backup completed but the client left before its status"),
+                (Some(reason), _) => {
+                    warn!(%reason, bytes = status.stream_bytes, "backup failed; the client was told");
+                    BackupResult::Failed
+                }
+                (None, _) => {
+                    warn!("backup completed but the client left before its status");
+                    BackupResult::Aborted
+                }
             }
         }
-        Err(e) => warn!(error = %format_args!("{e:#}"), "backup aborted"),
-    }
+        Err(e) => {
+            warn!(error = %format_args!("{e:#}"), "backup aborted");
+            BackupResult::Aborted
+        }
+    };
+    metrics.backups_in_progress.dec();
+    metrics.backup_ended(result, started.elapsed());
 }
 
-/// Runs the backup tool with its stdout copied to the client. Returns the status to append,
-/// or an error when the client is gone or the agent is shutting down (the tool is then
-/// killed with its process group before returning).
+/// Sends the stream info, then runs the backup tool with its stdout copied to the client,
+/// with progress lines. Returns the status to append, or an error when the client is gone or
+/// the agent is shutting down (the tool is then killed with its process group).
 async fn stream_backup(
     socket: &mut TcpStream,
     server: &Server,
     cancel: &CancellationToken,
+) -> Result<StreamStatus> {
+    let config = &server.config;
+    // What to expect, first: the data dir's size, for the receiver's progress lines.
+    let data_dir = config.data_dir.clone();
+    let estimated_bytes = tokio::task::spawn_blocking(move || fsutil::tree_size(&data_dir))
+        .await
+        .unwrap_or_default();
+    let info = StreamInfo { estimated_bytes }.to_chunks();
+    socket
+        .write_all(&info)
+        .await
+        .context("sending to the client")?;
+    let sent = Arc::new(AtomicU64::new(info.len() as u64));
+    server.metrics.stream_bytes.inc_by(info.len() as u64);
+    let reporter = tokio::spawn(progress::report(
+        "streaming",
+        config.progress_interval,
+        Instant::now(),
+        {
+            let sent = Arc::clone(&sent);
+            move || Sample {
+                bytes: sent.load(Ordering::Relaxed),
+                files: None,
+                estimated_bytes: Some(estimated_bytes),
+            }
+        },
+    ));
+    let result = stream_tool_output(socket, server, cancel, &sent).await;
+    reporter.abort();
+    result
+}
+
+/// The backup tool's stdout, copied to the client; see [`stream_backup`].
+async fn stream_tool_output(
+    socket: &mut TcpStream,
+    server: &Server,
+    cancel: &CancellationToken,
+    sent: &AtomicU64,
 ) -> Result<StreamStatus> {
     let config = &server.config;
     // Lives until the tool is done: its password never touches the tool's command line.
@@ -370,7 +478,6 @@ async fn stream_backup(
         .take_stdout()
         .context("the backup tool has no stdout")?;
     let mut buf = vec![0u8; COPY_BUF_LEN];
-    let mut sent: u64 = 0;
     let copied: Result<()> = async {
         loop {
             let n = tokio::select! {
@@ -384,14 +491,16 @@ async fn stream_backup(
                 r = socket.write_all(&buf[..n]) => r.context("sending to the client")?,
                 () = cancel.cancelled() => anyhow::bail!("the agent is shutting down"),
             }
-            sent += n as u64;
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+            server.metrics.stream_bytes.inc_by(n as u64);
         }
     }
     .await;
     if let Err(e) = copied {
         let finished = child.kill().await?;
         return Err(e.context(format!(
-            "after {sent} bytes; backup tool killed ({})",
+            "after {} bytes; backup tool killed ({})",
+            sent.load(Ordering::Relaxed),
             finished.describe()
         )));
     }
@@ -400,7 +509,7 @@ async fn stream_backup(
         .then(|| format!("{} {}", config.tool.path.display(), finished.describe()));
     Ok(StreamStatus {
         failure,
-        stream_bytes: sent,
+        stream_bytes: sent.load(Ordering::Relaxed),
         tool: config.tool.to_string(),
     })
 }

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{eventually, read, spec};
-use mysql_agent::protocol::{LINE_PREFIX, STATUS_ENTRY};
+use mysql_agent::protocol::{INFO_ENTRY, LINE_PREFIX, STATUS_ENTRY};
 use mysql_agent::xbstream::{self, Extractor, Flavor};
 use mysql_agent_harness::{BACKUP_PORT, Cluster, run_to_end};
 use tokio::io::AsyncReadExt;
@@ -137,14 +137,17 @@ async fn the_native_extractor_matches_mbstream_on_a_real_stream() {
     std::fs::create_dir(&by_agent).unwrap();
     let bytes = std::fs::read(&stream).unwrap();
     let summary = Extractor::new(&by_agent, Flavor::MariaDb)
+        .with_header(INFO_ENTRY)
         .with_trailer(STATUS_ENTRY)
         .extract(&bytes[..])
         .unwrap();
 
     let mut expected = tree(&by_mbstream);
-    // mbstream writes the agent's status entry as a file; the agent keeps it in memory.
+    // mbstream writes the agent's info and status entries as files; the agent keeps them.
     let status = expected.remove(Path::new(STATUS_ENTRY)).unwrap();
     assert_eq!(status, summary.trailer.unwrap().contents);
+    let info = expected.remove(Path::new(INFO_ENTRY)).unwrap();
+    assert_eq!(Some(info), summary.header);
     let got = tree(&by_agent);
     assert!(expected.len() > 100, "{} files", expected.len());
     assert_eq!(

@@ -52,6 +52,9 @@ fn help_documents_every_flag_and_its_environment_variable() {
                 ("--stall-timeout", "MYSQL_AGENT_STALL_TIMEOUT"),
                 ("--require-end-marker", "MYSQL_AGENT_REQUIRE_END_MARKER"),
                 ("--backup-secret-file", "MYSQL_AGENT_BACKUP_SECRET_FILE"),
+                ("--progress-interval", "MYSQL_AGENT_PROGRESS_INTERVAL"),
+                ("--log-format", "MYSQL_AGENT_LOG_FORMAT"),
+                ("--termination-log", "MYSQL_AGENT_TERMINATION_LOG"),
             ],
         ),
         (
@@ -78,6 +81,9 @@ fn help_documents_every_flag_and_its_environment_variable() {
                 ("--backup-password-file", "MYSQL_AGENT_BACKUP_PASSWORD_FILE"),
                 ("--create-accounts", "MYSQL_AGENT_CREATE_ACCOUNTS"),
                 ("--backup-secret-file", "MYSQL_AGENT_BACKUP_SECRET_FILE"),
+                ("--http-listen", "MYSQL_AGENT_HTTP_LISTEN"),
+                ("--max-replication-lag", "MYSQL_AGENT_MAX_REPLICATION_LAG"),
+                ("--progress-interval", "MYSQL_AGENT_PROGRESS_INTERVAL"),
             ],
         ),
     ];

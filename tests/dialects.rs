@@ -74,6 +74,8 @@ async fn run_sidecar(fake: &FakeMysql, data: &Path, tool: &Path) -> Sidecar {
             "mysql-1",
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(data)

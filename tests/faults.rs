@@ -645,7 +645,7 @@ async fn bad_input_garbage_coordinates_keep_the_sidecar_up_and_refusing() {
             "--data-dir",
             root.path().to_str().unwrap(),
         ])
-        .args(["--listen", &listen])
+        .args(["--listen", &listen, "--http-listen", "127.0.0.1:0"])
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

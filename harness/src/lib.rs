@@ -32,6 +32,7 @@ use tokio::process::{Child, Command};
 pub const STATEFULSET: &str = "mysql";
 pub const MYSQL_PORT: u16 = 3306;
 pub const BACKUP_PORT: u16 = 3307;
+pub const HTTP_PORT: u16 = 8080;
 /// Names registered in /etc/hosts per cluster; a cluster may scale up to this many pods.
 pub const MAX_PODS: u32 = 8;
 /// The ConfigMap of the tutorial, with MariaDB's replica option: mariadbd refuses to start
@@ -382,6 +383,11 @@ impl Pod {
         format!("{}:{BACKUP_PORT}", self.addr)
     }
 
+    /// The sidecar's HTTP endpoint (/healthz, /readyz, /metrics).
+    pub fn http_addr(&self) -> String {
+        format!("{}:{HTTP_PORT}", self.addr)
+    }
+
     fn my_cnf(&self) -> String {
         let d = self.dir.display();
         format!(
@@ -611,6 +617,7 @@ impl Pod {
     pub async fn start_sidecar(&mut self, extra: &[&str]) -> Result<()> {
         let data = self.data_dir().display().to_string();
         let listen = self.backup_addr();
+        let http_listen = self.http_addr();
         let mysql_host = self.addr.to_string();
         let secured = self
             .credentials
@@ -624,6 +631,8 @@ impl Pod {
             listen.as_str(),
             "--mysql-host",
             mysql_host.as_str(),
+            "--http-listen",
+            http_listen.as_str(),
         ];
         args.extend(secured.iter().map(String::as_str));
         args.extend_from_slice(extra);

@@ -10,8 +10,8 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ const DIR_MODE: u32 = 0o750;
 pub struct Progress {
     bytes: AtomicU64,
     files: AtomicU64,
+    header: OnceLock<Vec<u8>>,
 }
 
 impl Progress {
@@ -46,6 +47,11 @@ impl Progress {
 
     pub fn files(&self) -> u64 {
         self.files.load(Ordering::Relaxed)
+    }
+
+    /// The stream's opening entry, once it has arrived.
+    pub fn header(&self) -> Option<&[u8]> {
+        self.header.get().map(Vec::as_slice)
     }
 }
 
@@ -63,12 +69,14 @@ pub struct Summary {
     pub bytes: u64,
     /// Files closed by an EOF chunk.
     pub files: u64,
+    pub header: Option<Vec<u8>>,
     pub trailer: Option<Trailer>,
 }
 
 pub struct Extractor {
     target: PathBuf,
     flavor: Flavor,
+    header_path: Option<PathBuf>,
     trailer_path: Option<PathBuf>,
     progress: Arc<Progress>,
     cancel: CancellationToken,
@@ -80,10 +88,18 @@ impl Extractor {
         Self {
             target: target.into(),
             flavor,
+            header_path: None,
             trailer_path: None,
             progress: Arc::default(),
             cancel: CancellationToken::new(),
         }
+    }
+
+    /// Holds the top-level file `name` in memory as the stream's opening entry, when it is the
+    /// first one (it is optional: streams from other donors have none).
+    pub fn with_header(mut self, name: &str) -> Self {
+        self.header_path = Some(PathBuf::from(name));
+        self
     }
 
     /// Holds the top-level file `name` in memory as the end-of-stream entry; once it is closed
@@ -116,6 +132,7 @@ impl Extractor {
             closed: HashSet::new(),
             dirs: HashSet::new(),
             files: 0,
+            header: HeaderState::Expected,
             trailer: TrailerState::Absent,
             buf: vec![0; COPY_BUF_LEN],
         };
@@ -194,6 +211,13 @@ enum TrailerState {
     Closed(Trailer),
 }
 
+/// The opening entry: only the stream's first chunks may carry it.
+enum HeaderState {
+    Expected,
+    Open(Vec<u8>),
+    Done,
+}
+
 struct Run<'a, R> {
     input: Input<R>,
     ex: &'a Extractor,
@@ -201,6 +225,7 @@ struct Run<'a, R> {
     closed: HashSet<PathBuf>,
     dirs: HashSet<PathBuf>,
     files: u64,
+    header: HeaderState,
     trailer: TrailerState,
     buf: Vec<u8>,
 }
@@ -257,6 +282,14 @@ impl<R: Read> Run<'_, R> {
     fn chunk(&mut self, start: u64, flags: u8, kind: u8, path: &Path) -> Result<()> {
         if let TrailerState::Closed(_) = self.trailer {
             bail!("data follows the end-of-stream entry");
+        }
+        let is_header = self.ex.header_path.as_deref() == Some(path);
+        match std::mem::replace(&mut self.header, HeaderState::Done) {
+            HeaderState::Expected | HeaderState::Open(_) if !is_header => {}
+            HeaderState::Expected => return self.header_chunk(kind, Vec::new()),
+            HeaderState::Open(contents) => return self.header_chunk(kind, contents),
+            HeaderState::Done if is_header => bail!("the stream's opening entry comes late"),
+            HeaderState::Done => {}
         }
         let is_trailer = self.ex.trailer_path.as_deref() == Some(path);
         let mariadb = self.ex.flavor == Flavor::MariaDb;
@@ -449,34 +482,37 @@ impl<R: Read> Run<'_, R> {
         else {
             unreachable!("closed trailers are refused before dispatch");
         };
+        let (stream_offset, mut contents) = (*stream_offset, std::mem::take(contents));
         if kind == TYPE_EOF {
             self.trailer = TrailerState::Closed(Trailer {
-                stream_offset: *stream_offset,
-                contents: std::mem::take(contents),
+                stream_offset,
+                contents,
             });
             return Ok(());
         }
-        let len = self.input.read_u64().map_err(truncated)?;
-        let offset = self.input.read_u64().map_err(truncated)?;
-        let crc = self.input.read_u32().map_err(truncated)?;
-        ensure!(
-            contents.len() as u64 + len <= MAX_TRAILER_LEN as u64,
-            "end-of-stream entry larger than {MAX_TRAILER_LEN} bytes"
-        );
-        ensure!(
-            offset == contents.len() as u64,
-            "out-of-order chunk in the end-of-stream entry"
-        );
-        let old = contents.len();
-        contents.resize(old + len as usize, 0);
-        self.input
-            .read_exact(&mut contents[old..])
-            .map_err(truncated)?;
-        check_crc(crc, {
-            let mut h = crc32fast::Hasher::new();
-            h.update(&contents[old..]);
-            h
-        })
+        let read = read_small_payload(&mut self.input, &mut contents, "end-of-stream entry");
+        self.trailer = TrailerState::Open {
+            stream_offset,
+            contents,
+        };
+        read
+    }
+
+    /// One chunk of the opening entry, whose content so far is `contents`.
+    fn header_chunk(&mut self, kind: u8, mut contents: Vec<u8>) -> Result<()> {
+        match kind {
+            TYPE_EOF => {
+                let _ = self.input.progress.header.set(contents);
+                self.header = HeaderState::Done;
+                Ok(())
+            }
+            TYPE_PAYLOAD => {
+                read_small_payload(&mut self.input, &mut contents, "opening entry")?;
+                self.header = HeaderState::Open(contents);
+                Ok(())
+            }
+            _ => bail!("unexpected chunk type for the stream's opening entry"),
+        }
     }
 
     /// Takes out the open file a data chunk at `offset` continues (opening it on its first
@@ -580,9 +616,14 @@ impl<R: Read> Run<'_, R> {
             }
             TrailerState::Closed(t) => Some(t),
         };
+        ensure!(
+            !matches!(self.header, HeaderState::Open(_)),
+            "the stream ended inside its opening entry"
+        );
         Ok(Summary {
             bytes: self.input.pos,
             files: self.files,
+            header: self.input.progress.header.get().cloned(),
             trailer,
         })
     }
@@ -607,6 +648,31 @@ fn copy_payload<R: Read>(
         len -= n as u64;
     }
     Ok(())
+}
+
+/// Appends one payload chunk of a small in-memory entry (opening or end-of-stream).
+fn read_small_payload<R: Read>(
+    input: &mut Input<R>,
+    contents: &mut Vec<u8>,
+    what: &str,
+) -> Result<()> {
+    let len = input.read_u64().map_err(truncated)?;
+    let offset = input.read_u64().map_err(truncated)?;
+    let crc = input.read_u32().map_err(truncated)?;
+    ensure!(
+        contents.len() as u64 + len <= MAX_TRAILER_LEN as u64,
+        "{what} larger than {MAX_TRAILER_LEN} bytes"
+    );
+    ensure!(
+        offset == contents.len() as u64,
+        "out-of-order chunk in the {what}"
+    );
+    let old = contents.len();
+    contents.resize(old + len as usize, 0);
+    input.read_exact(&mut contents[old..]).map_err(truncated)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&contents[old..]);
+    check_crc(crc, hasher)
 }
 
 fn check_crc(expected: u32, hasher: crc32fast::Hasher) -> Result<()> {
@@ -717,6 +783,42 @@ mod tests {
         let mut open = Vec::new();
         payload("END", 0, b"partial").encode(&mut open);
         assert!(err(Flavor::MariaDb, &open).contains("inside the end-of-stream entry"));
+    }
+
+    #[test]
+    fn header_is_held_in_memory_only_as_the_first_entry() {
+        let extract = |stream: &[u8]| {
+            let dir = tempfile::tempdir().unwrap();
+            let progress = Arc::new(Progress::default());
+            let result = Extractor::new(dir.path(), Flavor::MariaDb)
+                .with_header("INFO")
+                .with_progress(Arc::clone(&progress))
+                .extract(stream);
+            (dir, progress, result)
+        };
+        let mut s = Vec::new();
+        encode_file("INFO", b"estimated_bytes = 3\n", &mut s);
+        encode_file("data", b"abc", &mut s);
+        let (dir, progress, result) = extract(&s);
+        assert_eq!(
+            result.unwrap().header.as_deref(),
+            Some(&b"estimated_bytes = 3\n"[..])
+        );
+        assert_eq!(progress.header(), Some(&b"estimated_bytes = 3\n"[..]));
+        assert!(!dir.path().join("INFO").exists());
+
+        // Optional: a stream from another donor has none.
+        let mut plain = Vec::new();
+        encode_file("data", b"abc", &mut plain);
+        assert_eq!(extract(&plain).2.unwrap().header, None);
+
+        // Anywhere else it is refused.
+        let mut late = plain.clone();
+        encode_file("INFO", b"x", &mut late);
+        assert!(format!("{:#}", extract(&late).2.unwrap_err()).contains("comes late"));
+        let mut cut = Vec::new();
+        payload("INFO", 0, b"partial").encode(&mut cut);
+        assert!(format!("{:#}", extract(&cut).2.unwrap_err()).contains("opening entry"));
     }
 
     #[test]

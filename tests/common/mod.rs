@@ -166,3 +166,23 @@ pub fn fake_donor(donation: Donation) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// GET `path` from an HTTP endpoint: the status and the body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let url = format!("http://{addr}{path}");
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut response = agent
+            .get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    })
+    .await
+    .unwrap()
+}

@@ -1,0 +1,249 @@
+//! The sidecar's watch on its mysqld: polled every [`MONITOR_INTERVAL`] over one kept
+//! connection, so readiness probes and scrapes read the last snapshot instead of each
+//! opening a connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::metrics::Metrics;
+use crate::mysql::{self, MysqlTarget};
+use crate::replication::{self, ReplicaStatus, ServerVersion};
+use crate::serve::Readiness;
+
+/// How often the local mysqld is checked.
+pub const MONITOR_INTERVAL: Duration = Duration::from_secs(2);
+/// A check that takes longer counts as a failure.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the last check saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Why mysqld did not answer, when it did not.
+    pub mysqld_error: Option<String>,
+    /// SHOW SLAVE/REPLICA STATUS, on a replica that has a row.
+    pub replica: Option<ReplicaStatus>,
+}
+
+/// Whether the pod should receive reads: `Err` carries the reason, for `/readyz`'s body.
+///
+/// Not ready while set-up has not finished (or cannot), while mysqld does not answer, and on
+/// a replica while replication is missing, a thread is stopped, or lag is unknown or above
+/// `max_lag`: reads through `mysql-read` would be stale or fail.
+pub fn readiness(
+    setup: &Readiness,
+    health: Option<&Health>,
+    replica: bool,
+    max_lag: Duration,
+) -> Result<(), String> {
+    if let Readiness::NotReady(reason) = setup {
+        return Err(format!("setting up: {reason}"));
+    }
+    let health = health.ok_or("mysqld has not been checked yet")?;
+    if let Some(error) = &health.mysqld_error {
+        return Err(format!("mysqld does not answer: {error}"));
+    }
+    if !replica {
+        return Ok(());
+    }
+    let status = health
+        .replica
+        .as_ref()
+        .ok_or("replication is not configured (SHOW SLAVE STATUS is empty)")?;
+    let thread = |name: &str, state: &str, error: &str| {
+        if state == "Yes" {
+            Ok(())
+        } else if error.is_empty() {
+            Err(format!("the replication {name} thread is {state}"))
+        } else {
+            Err(format!("the replication {name} thread is {state}: {error}"))
+        }
+    };
+    thread("IO", &status.io_running, &status.last_io_error)?;
+    thread("SQL", &status.sql_running, &status.last_sql_error)?;
+    match status.seconds_behind {
+        None => Err("the replication lag is unknown".into()),
+        Some(lag) if lag > max_lag.as_secs() => Err(format!(
+            "replication lags {lag} s behind the primary (the limit is {} s)",
+            max_lag.as_secs()
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks mysqld until `cancel`, publishing each result to `health` and `metrics`.
+pub async fn run(
+    target: MysqlTarget,
+    server: ServerVersion,
+    replica: bool,
+    metrics: Arc<Metrics>,
+    health: watch::Sender<Option<Health>>,
+    cancel: CancellationToken,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut ticks = tokio::time::interval(MONITOR_INTERVAL);
+    let mut was_up = None;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = cancel.cancelled() => break,
+        }
+        let observed =
+            tokio::time::timeout(CHECK_TIMEOUT, check(&mut conn, &target, &server, replica))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {CHECK_TIMEOUT:?}")));
+        let snapshot = match observed {
+            Ok(status) => Health {
+                mysqld_error: None,
+                replica: status,
+            },
+            Err(e) => {
+                conn = None;
+                metrics.mysql_connection_errors.inc();
+                Health {
+                    mysqld_error: Some(format!("{e:#}")),
+                    replica: None,
+                }
+            }
+        };
+        let up = snapshot.mysqld_error.is_none();
+        if was_up != Some(up) {
+            info!(
+                up,
+                error = snapshot.mysqld_error.as_deref().unwrap_or(""),
+                "mysqld state changed"
+            );
+            was_up = Some(up);
+        }
+        debug!(?snapshot, "checked mysqld");
+        metrics.observe_replica(up, snapshot.replica.as_ref());
+        health.send_replace(Some(snapshot));
+    }
+    if let Some(conn) = conn {
+        let _ = conn.disconnect().await;
+    }
+}
+
+async fn check(
+    conn: &mut Option<Conn>,
+    target: &MysqlTarget,
+    server: &ServerVersion,
+    replica: bool,
+) -> Result<Option<ReplicaStatus>> {
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(mysql::connect(target).await?),
+    };
+    if replica {
+        replication::read_status(conn, server).await
+    } else {
+        conn.query_drop("SELECT 1").await?;
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    fn replica(io: &str, sql: &str, lag: Option<u64>) -> Health {
+        Health {
+            mysqld_error: None,
+            replica: Some(ReplicaStatus {
+                source_host: "mysql-0.mysql".into(),
+                io_running: io.into(),
+                sql_running: sql.into(),
+                last_sql_error: if sql == "No" {
+                    "Duplicate entry".into()
+                } else {
+                    String::new()
+                },
+                seconds_behind: lag,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn ready_only_when_everything_holds() {
+        let ok = replica("Yes", "Yes", Some(3));
+        assert_eq!(readiness(&Readiness::Ready, Some(&ok), true, LIMIT), Ok(()));
+        let primary = Health {
+            mysqld_error: None,
+            replica: None,
+        };
+        assert_eq!(
+            readiness(&Readiness::Ready, Some(&primary), false, LIMIT),
+            Ok(())
+        );
+
+        for (setup, health, replica_pod, needle) in [
+            (
+                Readiness::NotReady("waiting for the local mysqld".into()),
+                Some(ok.clone()),
+                true,
+                "setting up: waiting",
+            ),
+            (Readiness::Ready, None, true, "not been checked"),
+            (
+                Readiness::Ready,
+                Some(Health {
+                    mysqld_error: Some("refused".into()),
+                    replica: None,
+                }),
+                false,
+                "does not answer: refused",
+            ),
+            (
+                Readiness::Ready,
+                Some(primary.clone()),
+                true,
+                "not configured",
+            ),
+            (
+                Readiness::Ready,
+                Some(replica("Connecting", "Yes", None)),
+                true,
+                "IO thread is Connecting",
+            ),
+            (
+                Readiness::Ready,
+                Some(replica("Yes", "No", None)),
+                true,
+                "SQL thread is No: Duplicate entry",
+            ),
+            (
+                Readiness::Ready,
+                Some(replica("Yes", "Yes", None)),
+                true,
+                "lag is unknown",
+            ),
+            (
+                Readiness::Ready,
+                Some(replica("Yes", "Yes", Some(61))),
+                true,
+                "lags 61 s behind the primary (the limit is 60 s)",
+            ),
+        ] {
+            let reason = readiness(&setup, health.as_ref(), replica_pod, LIMIT).unwrap_err();
+            assert!(reason.contains(needle), "{reason} lacks {needle}");
+        }
+        assert_eq!(
+            readiness(
+                &Readiness::Ready,
+                Some(&replica("Yes", "Yes", Some(60))),
+                true,
+                LIMIT
+            ),
+            Ok(())
+        );
+    }
+}
