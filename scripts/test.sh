@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every test: formatting, lints (with and without the test-only failpoints), unit tests, and
-# the integration and fault tests on real MariaDB pods.
+# Every test: formatting, lints (with and without the test-only failpoints), the packaging
+# checks, unit tests, and the integration and fault tests on real MariaDB pods.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+scripts/check-packaging.sh
 cargo test --workspace --all-features --locked

@@ -19,6 +19,11 @@ use crate::replication::Source;
 use crate::secrets::{BackupSecret, Password};
 use crate::serve;
 
+/// Where serve-backup listens for backup clients: the tutorial's port on every address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3307";
+/// Where serve-backup answers probes and scrapes.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+
 const ABOUT: &str =
     "Replicated MySQL and MariaDB on a Kubernetes StatefulSet, without an operator.";
 const LONG_ABOUT: &str = "\
@@ -327,7 +332,7 @@ pub struct ServeBackupArgs {
         long,
         env = "MYSQL_AGENT_LISTEN",
         value_name = "ADDR",
-        default_value = "0.0.0.0:3307"
+        default_value = DEFAULT_LISTEN
     )]
     pub listen: SocketAddr,
 
@@ -422,7 +427,7 @@ pub struct ServeBackupArgs {
         long,
         env = "MYSQL_AGENT_HTTP_LISTEN",
         value_name = "ADDR",
-        default_value = "0.0.0.0:8080"
+        default_value = DEFAULT_HTTP_LISTEN
     )]
     pub http_listen: SocketAddr,
 
@@ -491,6 +496,13 @@ mod tests {
     #[test]
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn default_addresses_use_the_documented_ports() {
+        let port = |addr: &str| addr.parse::<SocketAddr>().unwrap().port();
+        assert_eq!(port(DEFAULT_LISTEN), protocol::DEFAULT_PORT);
+        assert_ne!(port(DEFAULT_HTTP_LISTEN), protocol::DEFAULT_PORT);
     }
 
     #[test]

@@ -1,0 +1,290 @@
+//! The rendered manifests against the binary they run: every overlay (`kubectl kustomize`, no
+//! cluster needed) wires the three modes into the right containers, uses only flags and
+//! environment variables that exist, opens the ports the agent listens on, probes the
+//! endpoints it serves, and keeps the security settings a cluster admin expects.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use common::AGENT;
+use mysql_agent::cli::{DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN};
+use mysql_agent::protocol::DEFAULT_PORT;
+use yaml_rust2::{Yaml, YamlLoader};
+
+const MODES: [&str; 3] = ["init-config", "clone", "serve-backup"];
+
+fn overlays() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/overlays");
+    let mut overlays: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    overlays.sort();
+    assert!(overlays.len() >= 4, "{overlays:?}");
+    overlays
+}
+
+fn render(overlay: &Path) -> Vec<Yaml> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(overlay)
+        .output()
+        .expect(
+            "kubectl is needed to render the manifests (scripts/check-packaging.sh installs it)",
+        );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    YamlLoader::load_from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+fn help(mode: &str) -> String {
+    let out = Command::new(AGENT).args([mode, "--help"]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn find<'a>(docs: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn list(y: &Yaml) -> &[Yaml] {
+    y.as_vec().map(Vec::as_slice).unwrap_or_default()
+}
+
+fn strings(y: &Yaml) -> Vec<&str> {
+    list(y).iter().filter_map(Yaml::as_str).collect()
+}
+
+fn is_agent(container: &Yaml) -> bool {
+    container["image"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("mysql-agent"))
+}
+
+fn env_names(container: &Yaml) -> Vec<&str> {
+    list(&container["env"])
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect()
+}
+
+fn port_of(addr: &str) -> i64 {
+    i64::from(addr.parse::<SocketAddr>().unwrap().port())
+}
+
+#[test]
+fn every_overlay_matches_the_binary() {
+    let helps: Vec<(&str, String)> = MODES.iter().map(|m| (*m, help(m))).collect();
+    let help_of = |mode: &str| &helps.iter().find(|(m, _)| *m == mode).unwrap().1;
+    let http_port = port_of(DEFAULT_HTTP_LISTEN);
+    assert_eq!(port_of(DEFAULT_LISTEN), i64::from(DEFAULT_PORT));
+
+    for overlay in overlays() {
+        let name = overlay.file_name().unwrap().to_string_lossy().into_owned();
+        let docs = render(&overlay);
+        let spec = &find(&docs, "StatefulSet", "mysql")["spec"]["template"]["spec"];
+        let (inits, containers) = (list(&spec["initContainers"]), list(&spec["containers"]));
+
+        // The three modes, in the StatefulSet's order and places.
+        let modes = |list: &[Yaml]| -> Vec<String> {
+            list.iter()
+                .filter(|c| is_agent(c))
+                .map(|c| strings(&c["args"]).join(" "))
+                .collect()
+        };
+        assert_eq!(modes(inits), ["init-config", "clone"], "{name}");
+        assert_eq!(modes(containers), ["serve-backup"], "{name}");
+        let mysql = containers
+            .iter()
+            .find(|c| c["name"].as_str() == Some("mysql"))
+            .unwrap();
+        let sidecar = containers.iter().find(|c| is_agent(c)).unwrap();
+
+        // Every flag and variable the manifests give the agent exists in that mode.
+        for container in inits.iter().chain(containers).filter(|c| is_agent(c)) {
+            let args = strings(&container["args"]);
+            let help = help_of(args[0]);
+            for flag in args.iter().filter(|a| a.starts_with("--")) {
+                let flag = flag.split('=').next().unwrap();
+                assert!(help.contains(flag), "{name}: {} has no {flag}", args[0]);
+            }
+            for var in env_names(container) {
+                assert!(
+                    help.contains(&format!("[env: {var}=")),
+                    "{name}: {} reads no {var}",
+                    args[0]
+                );
+            }
+        }
+
+        // Ports and probes match what the agent listens on and serves.
+        let ports = |c: &Yaml| -> Vec<i64> {
+            list(&c["ports"])
+                .iter()
+                .filter_map(|p| p["containerPort"].as_i64())
+                .collect()
+        };
+        assert_eq!(
+            ports(sidecar),
+            [i64::from(DEFAULT_PORT), http_port],
+            "{name}"
+        );
+        assert_eq!(ports(mysql), [3306], "{name}");
+        let readiness = &mysql["readinessProbe"]["httpGet"];
+        assert_eq!(readiness["path"].as_str(), Some("/readyz"), "{name}");
+        assert_eq!(readiness["port"].as_i64(), Some(http_port), "{name}");
+        assert_eq!(
+            sidecar["livenessProbe"]["httpGet"]["path"].as_str(),
+            Some("/healthz"),
+            "{name}"
+        );
+        assert!(
+            !mysql["startupProbe"].is_badvalue(),
+            "{name}: mysql has no startupProbe"
+        );
+
+        // Security a cluster admin expects (the restricted Pod Security Standard).
+        let pod = &spec["securityContext"];
+        assert_eq!(pod["runAsNonRoot"].as_bool(), Some(true), "{name}");
+        assert_eq!(pod["runAsUser"].as_i64(), Some(999), "{name}");
+        assert_eq!(
+            pod["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault"),
+            "{name}"
+        );
+        assert_eq!(
+            pod["fsGroupChangePolicy"].as_str(),
+            Some("OnRootMismatch"),
+            "{name}"
+        );
+        assert_eq!(
+            spec["automountServiceAccountToken"].as_bool(),
+            Some(false),
+            "{name}"
+        );
+        for c in inits.iter().chain(containers) {
+            let who = format!("{name}: {}", c["name"].as_str().unwrap());
+            let security = &c["securityContext"];
+            assert_eq!(
+                security["allowPrivilegeEscalation"].as_bool(),
+                Some(false),
+                "{who}"
+            );
+            assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"], "{who}");
+            assert_eq!(
+                c["terminationMessagePolicy"].as_str(),
+                Some("FallbackToLogsOnError"),
+                "{who}"
+            );
+            assert!(
+                !c["resources"]["requests"]["memory"].is_badvalue(),
+                "{who}: no memory request"
+            );
+            assert!(
+                !c["resources"]["limits"]["memory"].is_badvalue(),
+                "{who}: no memory limit"
+            );
+            if is_agent(c) {
+                assert_eq!(
+                    security["readOnlyRootFilesystem"].as_bool(),
+                    Some(true),
+                    "{who}"
+                );
+            }
+            // Every mount has a volume.
+            let volumes: BTreeSet<&str> = list(&spec["volumes"])
+                .iter()
+                .filter_map(|v| v["name"].as_str())
+                .chain(["data"])
+                .collect();
+            for mount in list(&c["volumeMounts"]) {
+                let volume = mount["name"].as_str().unwrap();
+                assert!(
+                    volumes.contains(volume),
+                    "{who} mounts the missing volume {volume}"
+                );
+            }
+        }
+
+        // The tutorial's objects, and the disruption and network policies.
+        let headless = find(&docs, "Service", "mysql");
+        assert_eq!(
+            headless["spec"]["clusterIP"].as_str(),
+            Some("None"),
+            "{name}"
+        );
+        find(&docs, "Service", "mysql-read");
+        let pdb = &find(&docs, "PodDisruptionBudget", "mysql")["spec"];
+        assert_eq!(pdb["maxUnavailable"].as_i64(), Some(1), "{name}");
+        let policy = &find(&docs, "NetworkPolicy", "mysql")["spec"];
+        let backup_rule = list(&policy["ingress"])
+            .iter()
+            .find(|rule| {
+                list(&rule["ports"])
+                    .iter()
+                    .any(|p| p["port"].as_i64() == Some(i64::from(DEFAULT_PORT)))
+            })
+            .unwrap_or_else(|| panic!("{name}: no ingress rule for the backup port"));
+        assert_eq!(
+            list(&backup_rule["from"]).len(),
+            1,
+            "{name}: the backup port is open to more than the StatefulSet"
+        );
+        assert_eq!(
+            backup_rule["from"][0]["podSelector"]["matchLabels"]["app"].as_str(),
+            Some("mysql"),
+            "{name}"
+        );
+
+        // Replicas read-only in the server's own words: MariaDB refuses super-read-only.
+        let slave_cnf = find(&docs, "ConfigMap", "mysql")["data"]["slave.cnf"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let options: Vec<&str> = slave_cnf
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let mariadb = mysql["image"].as_str().unwrap().starts_with("mariadb");
+        let wanted = if mariadb {
+            "read-only"
+        } else {
+            "super-read-only"
+        };
+        assert_eq!(options, ["[mysqld]", wanted], "{name}");
+
+        // Secure by default, but for the migration from the tutorial.
+        let secured = name != "tutorial-migration";
+        assert_eq!(
+            env_names(mysql).contains(&"MYSQL_ROOT_PASSWORD_FILE"),
+            secured,
+            "{name}"
+        );
+        assert_eq!(
+            env_names(mysql).contains(&"MYSQL_ALLOW_EMPTY_PASSWORD"),
+            !secured,
+            "{name}"
+        );
+        for container in inits
+            .iter()
+            .chain(containers)
+            .filter(|c| is_agent(c) && strings(&c["args"])[0] != "init-config")
+        {
+            assert_eq!(
+                env_names(container).contains(&"MYSQL_AGENT_BACKUP_SECRET_FILE"),
+                secured,
+                "{name}"
+            );
+        }
+    }
+}
