@@ -77,7 +77,14 @@ impl BackupTool {
     /// `--backup` to stdout as xbstream, with the replica's coordinates when run on a replica.
     /// The credentials come from `options` (a 0600 file, see
     /// [`crate::secrets::ClientOptionsFile`]), which the tools require as the first argument.
-    pub fn backup_command(&self, data_dir: &Path, server: &MysqlTarget, options: &Path) -> Command {
+    /// `threads` copy files in parallel, so reading the data dir overlaps sending the stream.
+    pub fn backup_command(
+        &self,
+        data_dir: &Path,
+        server: &MysqlTarget,
+        options: &Path,
+        threads: u32,
+    ) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg(format!("--defaults-extra-file={}", options.display()))
             .arg("--backup")
@@ -85,7 +92,8 @@ impl BackupTool {
             .arg("--stream=xbstream")
             .arg(format!("--datadir={}", data_dir.display()))
             .arg(format!("--host={}", server.host))
-            .arg(format!("--port={}", server.port));
+            .arg(format!("--port={}", server.port))
+            .arg(format!("--parallel={threads}"));
         cmd
     }
 

@@ -23,6 +23,8 @@ use crate::serve;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3307";
 /// Where serve-backup answers probes and scrapes.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+/// The backup tool's --parallel unless `--backup-threads` says otherwise.
+pub const DEFAULT_BACKUP_THREADS: u32 = 2;
 
 const ABOUT: &str =
     "Replicated MySQL and MariaDB on a Kubernetes StatefulSet, without an operator.";
@@ -422,6 +424,12 @@ pub struct ServeBackupArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_backups: u32,
 
+    /// Threads the backup tool copies files with (its --parallel): one thread reading while
+    /// another waits on the client roughly halves a clone's time on a loopback benchmark
+    #[arg(long, env = "MYSQL_AGENT_BACKUP_THREADS", value_name = "N", default_value_t = DEFAULT_BACKUP_THREADS,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub backup_threads: u32,
+
     /// Address of the HTTP endpoint: /healthz, /readyz and /metrics
     #[arg(
         long,
@@ -481,6 +489,7 @@ impl ServeBackupArgs {
             create_accounts: self.create_accounts,
             secret: self.secret.load()?,
             max_backups: self.max_backups as usize,
+            backup_threads: self.backup_threads,
             http_listen: self.http_listen,
             max_replication_lag: self.max_replication_lag,
             progress_interval: self.progress.interval(),

@@ -24,6 +24,7 @@ pub mod pod;
 pub mod process;
 pub mod progress;
 pub mod protocol;
+pub mod relay;
 pub mod replication;
 pub mod retry;
 pub mod secrets;

@@ -7,6 +7,7 @@
 //! (see [`crate::protocol::Message`]); until then it learns nothing, not even readiness.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,12 +33,11 @@ use crate::pod::PodIdentity;
 use crate::process::Supervised;
 use crate::progress::{self, Sample};
 use crate::protocol::{self, Message, StreamInfo, StreamStatus};
+use crate::relay;
 use crate::replication::{self, Outcome, Source};
 use crate::retry;
 use crate::secrets::{BackupSecret, ClientOptionsFile};
 
-/// Bytes moved per read from the backup tool's stdout.
-const COPY_BUF_LEN: usize = 1024 * 1024;
 /// How long a refusal line or a final status may take to send before the client is dropped.
 const SHORT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight backups get to wind down after SIGTERM.
@@ -62,6 +62,8 @@ pub struct Config {
     pub secret: Option<BackupSecret>,
     pub tool: BackupTool,
     pub max_backups: usize,
+    /// The backup tool's --parallel.
+    pub backup_threads: u32,
     /// Where /healthz, /readyz and /metrics are served.
     pub http_listen: SocketAddr,
     /// A replica lagging more than this is not ready.
@@ -463,39 +465,43 @@ async fn stream_tool_output(
     socket: &mut TcpStream,
     server: &Server,
     cancel: &CancellationToken,
-    sent: &AtomicU64,
+    sent: &Arc<AtomicU64>,
 ) -> Result<StreamStatus> {
     let config = &server.config;
     // Lives until the tool is done: its password never touches the tool's command line.
     let options =
         ClientOptionsFile::create(&config.backup_account.user, &config.backup_account.password)?;
-    let mut command = config
-        .tool
-        .backup_command(&config.data_dir, &config.mysql, options.path());
+    let mut command = config.tool.backup_command(
+        &config.data_dir,
+        &config.mysql,
+        options.path(),
+        config.backup_threads,
+    );
     command.stdout(std::process::Stdio::piped());
     let mut child = Supervised::spawn(command, "backup")?;
-    let mut stdout = child
+    let pipe = child
         .take_stdout()
-        .context("the backup tool has no stdout")?;
-    let mut buf = vec![0u8; COPY_BUF_LEN];
-    let copied: Result<()> = async {
-        loop {
-            let n = tokio::select! {
-                n = stdout.read(&mut buf) => n.context("reading the backup tool's output")?,
-                () = cancel.cancelled() => anyhow::bail!("the agent is shutting down"),
-            };
-            if n == 0 {
-                return Ok(());
-            }
-            tokio::select! {
-                r = socket.write_all(&buf[..n]) => r.context("sending to the client")?,
-                () = cancel.cancelled() => anyhow::bail!("the agent is shutting down"),
-            }
-            sent.fetch_add(n as u64, Ordering::Relaxed);
-            server.metrics.stream_bytes.inc_by(n as u64);
+        .context("the backup tool has no stdout")?
+        .into_owned_fd()
+        .context("taking the backup tool's stdout")?;
+    relay::enlarge_pipe(pipe.as_fd());
+    let client = socket
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating the client socket")?;
+    let copied = tokio::task::spawn_blocking({
+        let (cancel, sent) = (cancel.clone(), Arc::clone(sent));
+        let stream_bytes = server.metrics.stream_bytes.clone();
+        move || {
+            relay::splice_to_end(pipe.as_fd(), client.as_fd(), &cancel, |n| {
+                sent.fetch_add(n, Ordering::Relaxed);
+                stream_bytes.inc_by(n);
+            })
         }
-    }
-    .await;
+    })
+    .await
+    .context("the relay thread failed")
+    .and_then(|relayed| relayed);
     if let Err(e) = copied {
         let finished = child.kill().await?;
         return Err(e.context(format!(
