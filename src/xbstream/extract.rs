@@ -3,12 +3,13 @@
 //! the target, and an optional end-of-stream entry that must come last.
 //!
 //! It is synchronous on purpose: it runs on a blocking thread fed by a socket with a read
-//! timeout, writes with `pwrite`, and holds one copy buffer whatever the stream size.
+//! timeout, and hands payloads to writer threads through a fixed pool of buffers
+//! ([`super::write`]), so memory does not grow with the stream.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,13 +17,12 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use tokio_util::sync::CancellationToken;
 
+use super::write::{OutFile, PIECE_LEN, Writers};
 use super::{
     FLAG_IGNORABLE, FLAG_MARIADB_REWRITE, Flavor, MAGIC, MAX_PATH_LEN, MAX_PAYLOAD_LEN, PREFIX_LEN,
     TYPE_EOF, TYPE_PAYLOAD, TYPE_REMOVE, TYPE_RENAME, TYPE_SPARSE_OR_SEEK, sanitize_path,
 };
 
-/// Size of the one buffer payloads are copied through.
-const COPY_BUF_LEN: usize = 1024 * 1024;
 /// Read-ahead for chunk headers; payload reads larger than this bypass it.
 const READ_AHEAD_LEN: usize = 256 * 1024;
 /// A sparse chunk of 10 MiB has at most a few thousand holes; a larger map is corrupt.
@@ -80,6 +80,7 @@ pub struct Extractor {
     trailer_path: Option<PathBuf>,
     progress: Arc<Progress>,
     cancel: CancellationToken,
+    direct_io: bool,
 }
 
 impl Extractor {
@@ -92,7 +93,15 @@ impl Extractor {
             trailer_path: None,
             progress: Arc::default(),
             cancel: CancellationToken::new(),
+            direct_io: true,
         }
+    }
+
+    /// Whether aligned payloads may bypass the page cache (the default; see
+    /// [`super::write`]). Off, every write goes through the page cache.
+    pub fn with_direct_io(mut self, direct_io: bool) -> Self {
+        self.direct_io = direct_io;
+        self
     }
 
     /// Holds the top-level file `name` in memory as the stream's opening entry, when it is the
@@ -134,7 +143,7 @@ impl Extractor {
             files: 0,
             header: HeaderState::Expected,
             trailer: TrailerState::Absent,
-            buf: vec![0; COPY_BUF_LEN],
+            writers: Writers::new()?,
         };
         run.all_chunks()?;
         run.finish()
@@ -195,7 +204,7 @@ fn truncated(e: io::Error) -> anyhow::Error {
 }
 
 struct OpenFile {
-    file: File,
+    file: Arc<OutFile>,
     /// Where the next chunk for this file must start.
     next: u64,
     /// One past the last byte written; less than `next` after a trailing hole.
@@ -227,7 +236,7 @@ struct Run<'a, R> {
     files: u64,
     header: HeaderState,
     trailer: TrailerState,
-    buf: Vec<u8>,
+    writers: Writers,
 }
 
 impl<R: Read> Run<'_, R> {
@@ -328,9 +337,8 @@ impl<R: Read> Run<'_, R> {
         let mut hasher = crc32fast::Hasher::new();
         copy_payload(
             &mut self.input,
-            &mut self.buf,
+            &self.writers,
             &mut hasher,
-            path,
             &file.file,
             offset,
             len,
@@ -376,9 +384,8 @@ impl<R: Read> Run<'_, R> {
                 .context("sparse hole runs past the largest file offset")?;
             copy_payload(
                 &mut self.input,
-                &mut self.buf,
+                &self.writers,
                 &mut hasher,
-                path,
                 &file.file,
                 pos,
                 piece,
@@ -397,6 +404,8 @@ impl<R: Read> Run<'_, R> {
     /// MariaDB seek: the next payload for this (open) file starts at the given offset.
     fn seek(&mut self, path: &Path) -> Result<()> {
         let offset = self.input.read_u64().map_err(truncated)?;
+        // What follows may overwrite bytes still being written.
+        self.writers.barrier()?;
         let file = self
             .open
             .get_mut(path)
@@ -410,9 +419,8 @@ impl<R: Read> Run<'_, R> {
         self.open_file(path, rewrite)?;
         let file = self.open.remove(path).expect("opened above");
         if file.end < file.next {
-            file.file
-                .set_len(file.next)
-                .with_context(|| format!("extending {} past its trailing hole", path.display()))?;
+            self.writers.barrier()?;
+            file.file.set_len(file.next)?;
         }
         self.closed.insert(path.to_owned());
         self.files += 1;
@@ -425,6 +433,7 @@ impl<R: Read> Run<'_, R> {
             !self.open.contains_key(path),
             "remove of a file that is still open"
         );
+        self.writers.barrier()?;
         match fs::remove_file(self.ex.target.join(path)) {
             Ok(()) => {}
             // The tool deletes what a concurrent DDL dropped; it may never have been sent.
@@ -448,6 +457,7 @@ impl<R: Read> Run<'_, R> {
             !self.open.contains_key(path) && !self.open.contains_key(&new_path),
             "rename involving a file that is still open"
         );
+        self.writers.barrier()?;
         self.make_parents(&new_path)?;
         fs::rename(self.ex.target.join(path), self.ex.target.join(&new_path))
             .with_context(|| format!("renaming to {}", new_path.display()))?;
@@ -458,14 +468,15 @@ impl<R: Read> Run<'_, R> {
 
     fn skip(&mut self) -> Result<()> {
         let (mut len, _, _) = self.payload_header()?;
-        while len > 0 {
-            let n = len.min(self.buf.len() as u64) as usize;
-            self.input
-                .read_exact(&mut self.buf[..n])
-                .map_err(truncated)?;
+        let mut buf = self.writers.buffer()?;
+        let mut skipped = Ok(());
+        while len > 0 && skipped.is_ok() {
+            let n = len.min(PIECE_LEN as u64) as usize;
+            skipped = self.input.read_exact(&mut buf.as_mut_slice()[..n]);
             len -= n as u64;
         }
-        Ok(())
+        self.writers.release(buf);
+        skipped.map_err(truncated)
     }
 
     fn trailer_chunk(&mut self, start: u64, kind: u8) -> Result<()> {
@@ -546,13 +557,17 @@ impl<R: Read> Run<'_, R> {
             .mode(FILE_MODE)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC);
         if rewrite {
+            // The earlier copy's writes must not land in the fresh one.
+            self.writers.barrier()?;
             options.create(true).truncate(true);
         } else {
             options.create_new(true);
         }
+        let full = self.ex.target.join(path);
         let file = options
-            .open(self.ex.target.join(path))
+            .open(&full)
             .with_context(|| format!("creating {}", path.display()))?;
+        let file = Arc::new(OutFile::new(path, &full, file, self.ex.direct_io));
         self.closed.remove(path);
         self.open.insert(
             path.to_owned(),
@@ -599,6 +614,7 @@ impl<R: Read> Run<'_, R> {
     }
 
     fn finish(self) -> Result<Summary> {
+        self.writers.finish()?;
         if !self.open.is_empty() {
             let mut names: Vec<_> = self.open.keys().map(|p| p.display().to_string()).collect();
             names.sort();
@@ -629,21 +645,27 @@ impl<R: Read> Run<'_, R> {
     }
 }
 
+/// Reads `len` payload bytes into pool buffers, hashing them, and submits each piece for
+/// writing at `pos` onwards. The CRC is checked by the caller once the chunk is read: a
+/// mismatch fails the whole extraction, so pieces already written do not matter.
 fn copy_payload<R: Read>(
     input: &mut Input<R>,
-    buf: &mut [u8],
+    writers: &Writers,
     hasher: &mut crc32fast::Hasher,
-    path: &Path,
-    file: &File,
+    file: &Arc<OutFile>,
     mut pos: u64,
     mut len: u64,
 ) -> Result<()> {
     while len > 0 {
-        let n = len.min(buf.len() as u64) as usize;
-        input.read_exact(&mut buf[..n]).map_err(truncated)?;
-        hasher.update(&buf[..n]);
-        file.write_all_at(&buf[..n], pos)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let n = len.min(PIECE_LEN as u64) as usize;
+        let mut buf = writers.buffer()?;
+        let data = &mut buf.as_mut_slice()[..n];
+        if let Err(e) = input.read_exact(data) {
+            writers.release(buf);
+            return Err(truncated(e));
+        }
+        hasher.update(data);
+        writers.submit(file, pos, buf, n);
         pos += n as u64;
         len -= n as u64;
     }
@@ -740,6 +762,30 @@ mod tests {
         assert_eq!(read(&dir, "db/t.ibd"), b"table");
         assert_eq!(read(&dir, "a/b/c/deep"), b"deep");
         assert_eq!(read(&dir, "empty"), b"");
+    }
+
+    /// The page-cache path, and pieces whose offsets stop being aligned midway (a short
+    /// payload chunk followed by large ones), write the same bytes as the direct path.
+    #[test]
+    fn unaligned_chunks_with_and_without_direct_io() {
+        let data: Vec<u8> = (0..3 * 1024 * 1024 + 77).map(|i| (i % 241) as u8).collect();
+        let (head, rest) = data.split_at(4096 * 3);
+        let (odd, tail) = rest.split_at(1000);
+        let s = stream(&[
+            payload("f", 0, head),
+            payload("f", head.len() as u64, odd),
+            payload("f", (head.len() + odd.len()) as u64, tail),
+            Chunk::Eof { path: "f" },
+        ]);
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let summary = Extractor::new(dir.path(), Flavor::MariaDb)
+                .with_direct_io(direct)
+                .extract(&s[..])
+                .unwrap();
+            assert_eq!(summary.files, 1);
+            assert!(read(&dir, "f") == data, "direct={direct}");
+        }
     }
 
     #[test]

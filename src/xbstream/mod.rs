@@ -6,6 +6,7 @@
 //! `shared/reference/formats.md` §1.
 
 pub mod extract;
+mod write;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
