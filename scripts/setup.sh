@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a Debian machine, once: MariaDB's server and
-# backup tool (mariadbd, mariadb-backup, mbstream) and ncat, the tutorial's relay.
+# backup tool (mariadbd, mariadb-backup, mbstream), ncat (the tutorial's relay) and sysbench
+# (the benchmark's dataset).
 set -euo pipefail
 
-packages=(mariadb-server mariadb-backup ncat)
+packages=(mariadb-server mariadb-backup ncat sysbench)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "setup: run as root; the cluster model runs mysqld and names its pods in /etc/hosts" >&2

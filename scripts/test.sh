@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints (with and without the test-only failpoints), the packaging
-# checks, unit tests, and the integration and fault tests on real MariaDB pods.
+# checks, unit tests, the integration and fault tests on real MariaDB pods, and the clone
+# benchmark on a tiny dataset (to keep it working: its times are not asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -9,3 +10,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 scripts/check-packaging.sh
 cargo test --workspace --all-features --locked
+scripts/bench.sh --size 32MiB --runs 1 --root target/bench-smoke --out target/bench-smoke-results.md

@@ -1,0 +1,632 @@
+//! Clone speed on the loopback cluster, the agent against the tutorial's pipeline and the
+//! floor, interleaved, with medians over several runs and ratios measured in the same run.
+//!
+//! Variants, each starting from a synced file system:
+//! - agent: `mysql-agent clone` from the primary's sidecar, from connect to prepared data in
+//!   place (durably synced); `--compare-agent` adds a second build receiving from the same
+//!   sidecar, for before/after numbers in one run;
+//! - tutorial: the tutorial's own pipeline: its sender (`ncat --listen --send-only -c
+//!   "mariadb-backup --backup ..."`) on the primary, `ncat --recv-only | mbstream -x`, then
+//!   `mariadb-backup --prepare`;
+//! - floor: `mariadb-backup --backup --stream` into /dev/null on the donor, plus the same
+//!   prepare (the tutorial run's);
+//! - serve: a client reading the agent's backup server to the end, against the same client
+//!   reading the backup tool straight from a socket (no server between them), and against the
+//!   tool into /dev/null; and the agent's peak RSS on both sides.
+
+use std::fmt::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use mysql_agent_harness::{BACKUP_PORT, Cluster, ClusterSpec, MYSQL_PORT, Pod};
+
+/// Benchmark clones on a loopback cluster with a sysbench dataset.
+#[derive(Parser)]
+struct Args {
+    /// The mysql-agent binary (a release build)
+    #[arg(long, default_value = "target/release/mysql-agent")]
+    agent: PathBuf,
+    /// Dataset size (sysbench oltp tables), e.g. 1GiB, 256MiB
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    size: u64,
+    /// Runs of every variant; the table shows medians
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Where the cluster lives (emptied first)
+    #[arg(long, default_value = "target/bench")]
+    root: PathBuf,
+    /// Where the clones are written (default: under --root, on the primary's disk). In a real
+    /// cluster the donor and the new replica have separate volumes; on a one-disk machine a
+    /// clone's writes compete with the donor's reads, which the floor never does
+    #[arg(long)]
+    targets: Option<PathBuf>,
+    /// Where the results table is written (outside --root, which every run empties)
+    #[arg(long, default_value = "target/bench-results.md")]
+    out: PathBuf,
+    /// A second agent build (say, the previous commit's) cloned from the same sidecar
+    #[arg(long)]
+    compare_agent: Option<PathBuf>,
+    /// The backup tool's --parallel for the floor and the direct-socket rate: the sidecar's
+    /// (the agent's --backup-threads default)
+    #[arg(long, default_value_t = 2)]
+    tool_threads: u32,
+    /// Load the dataset, then keep the primary and its backup server up until Ctrl-C instead
+    /// of benchmarking (for profiling by hand)
+    #[arg(long)]
+    hold: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (number, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, ""), |i| s.split_at(i));
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {s}"))?;
+    let scale = match unit {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("unknown unit {unit:?} (B, KiB, MiB, GiB)")),
+    };
+    Ok((number * scale) as u64)
+}
+
+/// Bytes per sysbench row on disk, measured: 4 tables of 1.1M rows make 1 GiB of tables.
+const ROW_BYTES: u64 = 245;
+/// Where the tutorial's own sender listens on the primary.
+const TUTORIAL_PORT: u16 = 3308;
+const TABLES: u64 = 4;
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Default)]
+struct Samples {
+    agent: Vec<f64>,
+    agent_rss_kib: Vec<u64>,
+    compare: Vec<f64>,
+    tutorial: Vec<f64>,
+    tutorial_prepare: Vec<f64>,
+    floor_stream: Vec<f64>,
+    serve: Vec<f64>,
+    serve_bytes: Vec<u64>,
+    direct: Vec<f64>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let spec = ClusterSpec {
+        service: "bench".into(),
+        subnet: 40,
+        root: std::path::absolute(&args.root)?,
+        agent: std::path::absolute(&args.agent)?,
+        secured: false,
+    };
+    ensure!(
+        which("sysbench"),
+        "sysbench is missing (apt-get install sysbench)"
+    );
+    let mut cluster = Cluster::create(spec.clone()).await?;
+    let result = bench(&mut cluster, &args).await;
+    let stopped = cluster.stop().await;
+    let Some(report) = result? else {
+        return stopped;
+    };
+    stopped?;
+    println!("{report}");
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, &report)?;
+    println!("written to {}", args.out.display());
+    Ok(())
+}
+
+/// The report, or `None` when only holding.
+async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
+    cluster.scale_to(1).await?;
+    let primary = cluster.primary();
+    let started = Instant::now();
+    load(primary, args.size).await?;
+    let tables = dir_size(&primary.data_dir().join("test"));
+    println!(
+        "== dataset: {:.0} MiB of sysbench tables ({:.0?} to load)",
+        tables as f64 / MIB,
+        started.elapsed()
+    );
+    if args.hold {
+        println!(
+            "== holding: mysqld at {}:{MYSQL_PORT}, backup server at {}; Ctrl-C stops",
+            primary.addr,
+            primary.backup_addr()
+        );
+        tokio::signal::ctrl_c().await?;
+        return Ok(None);
+    }
+    let work = match &args.targets {
+        Some(dir) => std::path::absolute(dir)?,
+        None => cluster.spec().root.join("targets"),
+    };
+    let _sender = TutorialSender::start(primary)?;
+    let mut variants = vec![
+        Variant::Agent,
+        Variant::Tutorial,
+        Variant::Floor,
+        Variant::Serve,
+        Variant::Direct,
+    ];
+    if args.compare_agent.is_some() {
+        variants.push(Variant::Compare);
+    }
+    let mut samples = Samples::default();
+    for run in 0..args.runs {
+        // Interleaved, in a rotating order, so drift in the machine hits every variant alike.
+        for i in 0..variants.len() {
+            let variant = variants[(run + i) % variants.len()];
+            sync();
+            let t = Instant::now();
+            match variant {
+                Variant::Agent => {
+                    let agent = &cluster.spec().agent;
+                    let (secs, rss) = agent_clone(primary, agent, &work)?;
+                    samples.agent.push(secs);
+                    samples.agent_rss_kib.push(rss);
+                }
+                Variant::Compare => {
+                    let agent = args
+                        .compare_agent
+                        .as_deref()
+                        .expect("only with --compare-agent");
+                    samples.compare.push(agent_clone(primary, agent, &work)?.0);
+                }
+                Variant::Tutorial => tutorial(primary, &work, &mut samples)?,
+                Variant::Floor => samples
+                    .floor_stream
+                    .push(floor(primary, args.tool_threads)?),
+                Variant::Serve => serve_side(primary, &mut samples)?,
+                Variant::Direct => samples.direct.push(direct(primary, args.tool_threads)?),
+            }
+            println!("   run {} {variant:?}: {:.2?}", run + 1, t.elapsed());
+        }
+    }
+    let server_rss_kib = peak_rss_kib(primary.sidecar_pid().context("no sidecar")?)?;
+    let targets = format!("{} ({})", work.display(), fs_type(&work));
+    for name in ["agent", "tutorial"] {
+        let _ = std::fs::remove_dir_all(work.join(name));
+    }
+    Ok(Some(report(
+        &samples,
+        tables,
+        &targets,
+        server_rss_kib,
+        args,
+    )))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    Agent,
+    Compare,
+    Tutorial,
+    Floor,
+    Serve,
+    Direct,
+}
+
+/// The tutorial's sidecar, as it runs there: ncat serving one backup per connection.
+struct TutorialSender(std::process::Child);
+
+impl TutorialSender {
+    fn start(primary: &Pod) -> Result<Self> {
+        let backup = format!(
+            "mariadb-backup --backup --slave-info --stream=xbstream --host={} --port={MYSQL_PORT} --user=root --datadir={}",
+            primary.addr,
+            primary.data_dir().display()
+        );
+        let child = Command::new("ncat")
+            .args(["--listen", "--keep-open", "--send-only", "--max-conns=1"])
+            .arg(primary.addr.to_string())
+            .arg(TUTORIAL_PORT.to_string())
+            .args(["-c", &backup])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("starting the tutorial's ncat sender")?;
+        let sender = Self(child);
+        // Listening once the port cannot be bound (a connection would start a backup).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind((primary.addr, TUTORIAL_PORT)).is_ok() {
+            ensure!(
+                Instant::now() < deadline,
+                "the tutorial's sender never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(sender)
+    }
+}
+
+impl Drop for TutorialSender {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// sysbench's oltp tables up to about `size` bytes.
+async fn load(primary: &Pod, size: u64) -> Result<()> {
+    primary.exec("CREATE DATABASE IF NOT EXISTS test").await?;
+    let rows = (size / ROW_BYTES / TABLES).max(1000);
+    let status = Command::new("sysbench")
+        .args([
+            "oltp_read_write",
+            "--db-driver=mysql",
+            "--mysql-user=root",
+            "--mysql-db=test",
+        ])
+        .arg(format!("--mysql-host={}", primary.addr))
+        .arg(format!("--mysql-port={MYSQL_PORT}"))
+        .arg(format!("--tables={TABLES}"))
+        .arg(format!("--table-size={rows}"))
+        .args(["--threads=2", "prepare"])
+        .stdout(Stdio::null())
+        .status()
+        .context("running sysbench")?;
+    ensure!(status.success(), "sysbench prepare failed");
+    Ok(())
+}
+
+/// Clones with `agent`; the seconds it took and its peak RSS (KiB).
+fn agent_clone(primary: &Pod, agent: &Path, work: &Path) -> Result<(f64, u64)> {
+    let target = fresh(work, "agent")?;
+    let donor = format!("{}:{BACKUP_PORT}", primary.addr);
+    let t = Instant::now();
+    let mut cmd = Command::new(agent);
+    cmd.args([
+        "clone",
+        "--pod-name",
+        "mysql-1",
+        "--service",
+        "bench",
+        "--donor",
+        &donor,
+    ])
+    .arg("--data-dir")
+    .arg(&target)
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let (status, rss_kib) = run_with_peak_rss(&mut cmd)?;
+    ensure!(
+        status == 0,
+        "{} clone exited with {status}",
+        agent.display()
+    );
+    let secs = t.elapsed().as_secs_f64();
+    discard(&target);
+    Ok((secs, rss_kib))
+}
+
+fn tutorial(primary: &Pod, work: &Path, samples: &mut Samples) -> Result<()> {
+    let target = fresh(work, "tutorial")?;
+    let t = Instant::now();
+    let pipeline = format!(
+        "set -o pipefail; ncat --recv-only {} {TUTORIAL_PORT} | mbstream -x -C {}",
+        primary.addr,
+        target.display()
+    );
+    run(Command::new("bash").args(["-c", &pipeline]))?;
+    let transfer = t.elapsed();
+    prepare(&target)?;
+    samples.tutorial.push(t.elapsed().as_secs_f64());
+    samples
+        .tutorial_prepare
+        .push((t.elapsed() - transfer).as_secs_f64());
+    discard(&target);
+    Ok(())
+}
+
+/// The backup command both the floor and the direct-socket rate run.
+fn backup_tool(primary: &Pod, threads: u32) -> Command {
+    let mut cmd = Command::new("mariadb-backup");
+    cmd.args([
+        "--backup",
+        "--slave-info",
+        "--stream=xbstream",
+        "--user=root",
+    ])
+    .arg(format!("--parallel={threads}"))
+    .arg(format!("--datadir={}", primary.data_dir().display()))
+    .arg(format!("--host={}", primary.addr))
+    .arg(format!("--port={MYSQL_PORT}"));
+    cmd
+}
+
+/// The backup tool into /dev/null; seconds.
+fn floor(primary: &Pod, threads: u32) -> Result<f64> {
+    let t = Instant::now();
+    run(backup_tool(primary, threads).stdout(Stdio::null()))?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The backup tool writing straight into a loopback socket that this process reads to the
+/// end, as the agent's server is read: the rate of a server that costs nothing. Seconds.
+fn direct(primary: &Pod, threads: u32) -> Result<f64> {
+    let listener = std::net::TcpListener::bind((primary.addr, 0))?;
+    let tool_end = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (reader, _) = listener.accept()?;
+    let t = Instant::now();
+    let mut tool = backup_tool(primary, threads)
+        .stdout(std::os::fd::OwnedFd::from(tool_end))
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the backup tool")?;
+    let bytes = drain(reader)?;
+    ensure!(tool.wait()?.success(), "the backup tool failed");
+    ensure!(bytes > 1 << 20, "the backup tool sent only {bytes} bytes");
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// A client reading the agent's backup server to the end, as [`direct`] reads the tool.
+fn serve_side(primary: &Pod, samples: &mut Samples) -> Result<()> {
+    let t = Instant::now();
+    let socket = std::net::TcpStream::connect(primary.backup_addr())?;
+    let bytes = drain(socket)?;
+    ensure!(bytes > 1 << 20, "the backup server sent only {bytes} bytes");
+    samples.serve.push(t.elapsed().as_secs_f64());
+    samples.serve_bytes.push(bytes);
+    Ok(())
+}
+
+/// Reads a socket to its end; the byte count.
+fn drain(mut socket: std::net::TcpStream) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        match std::io::Read::read(&mut socket, &mut buf)? {
+            0 => return Ok(bytes),
+            n => bytes += n as u64,
+        }
+    }
+}
+
+fn prepare(target: &Path) -> Result<()> {
+    run(Command::new("mariadb-backup")
+        .arg("--prepare")
+        .arg(format!("--target-dir={}", target.display())))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .context("starting a variant")?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// How often the receiving agent's peak RSS is read while it runs.
+const RSS_POLL: Duration = Duration::from_millis(10);
+
+/// Runs `cmd` and returns its exit code and the peak RSS of that very process (KiB).
+/// wait4's rusage would fold in the largest reaped descendant (the prepare step of the backup
+/// tool), so the kernel's own high-water mark (VmHWM, monotonic) is polled until exit instead.
+fn run_with_peak_rss(cmd: &mut Command) -> Result<(i32, u64)> {
+    let mut child = cmd.spawn().context("starting the agent")?;
+    let mut peak = 0;
+    loop {
+        if let Ok(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            return Ok((status.code().unwrap_or(-1), peak));
+        }
+        std::thread::sleep(RSS_POLL);
+    }
+}
+
+/// The peak RSS a live process has reached so far (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("no value")?
+        .parse()?)
+}
+
+fn fresh(work: &Path, name: &str) -> Result<PathBuf> {
+    let dir = work.join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Every variant starts without the previous one's dirty pages to flush (or, on a file system
+/// mounted with `discard`, its deleted files' blocks to discard).
+fn sync() {
+    nix::unistd::sync();
+}
+
+/// Removes a clone once it is timed, so deleting it is never part of the next variant's time.
+fn discard(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    sync();
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The file system type of `dir`, as `stat -f` names it.
+fn fs_type(dir: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {memory_gib:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &Args) -> String {
+    let agent = median(&s.agent);
+    let tutorial = median(&s.tutorial);
+    let prepare = median(&s.tutorial_prepare);
+    let floor = median(&s.floor_stream) + prepare;
+    let bytes = median(&s.serve_bytes.iter().map(|&b| b as f64).collect::<Vec<_>>());
+    let rate = |secs: &[f64]| bytes / MIB / median(secs);
+    let (serve, direct, null) = (rate(&s.serve), rate(&s.direct), rate(&s.floor_stream));
+    let agent_rss = s.agent_rss_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+    let server_rss = server_rss_kib as f64 / 1024.0;
+    let mut rows = vec![
+        format!("| agent clone (connect to prepared data in place, synced) | {agent:.2} s | |"),
+        format!(
+            "| tutorial pipeline (its ncat sender, ncat \\| mbstream -x, prepare) | {tutorial:.2} s (prepare {prepare:.2} s) | |"
+        ),
+        format!("| floor (backup tool into /dev/null, plus prepare) | {floor:.2} s | |"),
+        format!(
+            "| tutorial / agent | {:.2}x | at least 2.5x |",
+            tutorial / agent
+        ),
+        format!("| agent / floor | {:.2}x | at most 1.3x |", agent / floor),
+        format!(
+            "| serve side: agent's server / tool straight into the socket | {serve:.0} / {direct:.0} MiB/s = {:.0}% | at least 95% |",
+            100.0 * serve / direct
+        ),
+        format!(
+            "| serve side: agent's server / tool into /dev/null | {serve:.0} / {null:.0} MiB/s = {:.0}% | |",
+            100.0 * serve / null
+        ),
+        format!("| peak RSS, receiving agent | {agent_rss:.1} MiB | under 32 MiB |"),
+        format!("| peak RSS, serving agent | {server_rss:.1} MiB | under 32 MiB |"),
+    ];
+    if !s.compare.is_empty() {
+        let compare = median(&s.compare);
+        rows.insert(
+            1,
+            format!(
+                "| compared agent clone ({}) | {compare:.2} s ({:.2}x this one) | |",
+                args.compare_agent
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display(),
+                compare / agent
+            ),
+        );
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Clone benchmark: {:.0} MiB of sysbench tables on MariaDB 10.11 ({:.0} MiB streamed), medians of {} interleaved runs",
+        tables as f64 / MIB,
+        bytes / MIB,
+        args.runs
+    );
+    let _ = writeln!(out, "Machine: {}", machine());
+    let _ = writeln!(out, "Clones written to: {targets}\n");
+    let _ = writeln!(out, "| measure | median | target |\n|---|---|---|");
+    for row in rows {
+        let _ = writeln!(out, "{row}");
+    }
+    let _ = writeln!(
+        out,
+        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}",
+        rounded(&s.agent),
+        rounded(&s.tutorial),
+        rounded(&s.floor_stream),
+        rounded(&s.serve),
+        rounded(&s.direct),
+        rounded(&s.compare)
+    );
+    out
+}
+
+fn rounded(values: &[f64]) -> Vec<f64> {
+    values.iter().map(|v| (v * 100.0).round() / 100.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("0.5GiB"), Ok(1 << 29));
+        assert!(parse_size("1GB").is_err());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
