@@ -991,3 +991,18 @@ impl Drop for HostsBlock {
         let _ = self.rewrite(None);
     }
 }
+
+/// Bytes in the files under `dir` (0 if it does not exist).
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -93,20 +93,7 @@ pub async fn fill(pod: &mysql_agent_harness::Pod, mib: u64) {
     }
 }
 
-/// Bytes in the files under `dir` (0 if it does not exist).
-pub fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
+pub use mysql_agent_harness::dir_size;
 
 /// Waits until a clone's staging dir holds `bytes`: the stream is flowing, the fault will
 /// land mid-stream.

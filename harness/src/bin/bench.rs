@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use mysql_agent_harness::{BACKUP_PORT, Cluster, ClusterSpec, MYSQL_PORT, Pod};
+use mysql_agent_harness::{BACKUP_PORT, Cluster, ClusterSpec, MYSQL_PORT, Pod, dir_size};
 
 /// Benchmark clones on a loopback cluster with a sysbench dataset.
 #[derive(Parser)]
@@ -468,21 +468,6 @@ fn sync() {
 fn discard(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     sync();
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// The file system type of `dir`, as `stat -f` names it.
