@@ -38,6 +38,14 @@ async fn read_all(mut socket: TcpStream) -> Vec<u8> {
     out
 }
 
+/// Runs a shell pipeline, as the tutorial's clients do, and requires it to succeed in time.
+async fn sh_ok(script: &str) {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", script]);
+    let status = run_to_end(sh, Duration::from_secs(120)).await.unwrap();
+    assert!(status.success(), "{script}: {status}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tutorial_clients_still_work_with_ncat_and_mbstream() {
     let cluster = primary_with_data("ncat", 6).await;
@@ -47,10 +55,7 @@ async fn tutorial_clients_still_work_with_ncat_and_mbstream() {
         cluster.primary().addr,
         dir.path().display()
     );
-    let mut sh = Command::new("sh");
-    sh.args(["-c", &pipeline]);
-    let status = run_to_end(sh, Duration::from_secs(120)).await.unwrap();
-    assert!(status.success());
+    sh_ok(&pipeline).await;
     for file in ["xtrabackup_checkpoints", "xtrabackup_info", "test/t.frm"] {
         assert!(dir.path().join(file).is_file(), "{file} missing");
     }
@@ -98,40 +103,22 @@ async fn the_native_extractor_matches_mbstream_on_a_real_stream() {
     let cluster = primary_with_data("mbstream", 9).await;
     let work = tempfile::tempdir().unwrap();
     let stream = work.path().join("backup.xbs");
-    let mut sh = Command::new("sh");
-    sh.args([
-        "-c",
-        &format!(
-            "ncat --recv-only {} {BACKUP_PORT} > {}",
-            cluster.primary().addr,
-            stream.display()
-        ),
-    ]);
-    assert!(
-        run_to_end(sh, Duration::from_secs(120))
-            .await
-            .unwrap()
-            .success()
-    );
+    sh_ok(&format!(
+        "ncat --recv-only {} {BACKUP_PORT} > {}",
+        cluster.primary().addr,
+        stream.display()
+    ))
+    .await;
     cluster.stop().await.unwrap();
 
     let by_mbstream = work.path().join("mbstream");
     std::fs::create_dir(&by_mbstream).unwrap();
-    let mut sh = Command::new("sh");
-    sh.args([
-        "-c",
-        &format!(
-            "mbstream -x -C {} < {}",
-            by_mbstream.display(),
-            stream.display()
-        ),
-    ]);
-    assert!(
-        run_to_end(sh, Duration::from_secs(120))
-            .await
-            .unwrap()
-            .success()
-    );
+    sh_ok(&format!(
+        "mbstream -x -C {} < {}",
+        by_mbstream.display(),
+        stream.display()
+    ))
+    .await;
 
     let by_agent = work.path().join("agent");
     std::fs::create_dir(&by_agent).unwrap();

@@ -39,6 +39,15 @@ async fn cluster_with_data(service: &str, subnet: u8, mib: u64) -> Cluster {
     cluster
 }
 
+/// A primary with `mib` of data and one replica, replication configured (a donor that is not
+/// the primary).
+async fn cluster_with_replica(service: &str, subnet: u8, mib: u64) -> Cluster {
+    let mut cluster = cluster_with_data(service, subnet, mib).await;
+    cluster.scale_to(2).await.unwrap();
+    cluster.pod(1).wait_replication_configured(1).await.unwrap();
+    cluster
+}
+
 /// Starts a cloned pod's mysqld and sidecar and checks it replicates everything the primary
 /// has, plus one more write: the end state of every fault.
 async fn assert_becomes_a_correct_replica(cluster: &mut Cluster, ordinal: u32) {
@@ -147,9 +156,7 @@ async fn fault_1_clone_killed_mid_stream_or_later_is_redone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_2_donor_killed_mid_stream() {
-    let mut cluster = cluster_with_data("fault2", 12, DATASET_MIB).await;
-    cluster.scale_to(2).await.unwrap();
-    cluster.pod(1).wait_replication_configured(1).await.unwrap();
+    let mut cluster = cluster_with_replica("fault2", 12, DATASET_MIB).await;
     let donor_data = cluster.pod(1).data_dir();
     let n = new_initialised_pod(&mut cluster).await;
 
@@ -193,9 +200,7 @@ async fn fault_2_donor_killed_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_3_two_clones_from_one_donor_at_once() {
-    let mut cluster = cluster_with_data("fault3", 13, DATASET_MIB).await;
-    cluster.scale_to(2).await.unwrap();
-    cluster.pod(1).wait_replication_configured(1).await.unwrap();
+    let mut cluster = cluster_with_replica("fault3", 13, DATASET_MIB).await;
     let donor = cluster.pod(1).host.clone();
     let (a, b) = (
         new_initialised_pod(&mut cluster).await,
@@ -391,9 +396,7 @@ async fn fault_7_sigterm_during_a_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_8_replica_mysqld_restarts() {
-    let mut cluster = cluster_with_data("fault8", 18, 1).await;
-    cluster.scale_to(2).await.unwrap();
-    cluster.pod(1).wait_replication_configured(1).await.unwrap();
+    let mut cluster = cluster_with_replica("fault8", 18, 1).await;
     assert_replicates(&cluster, 1).await;
 
     // A clean restart, then a crash: replication resumes, the sidecar is untouched.

@@ -36,6 +36,18 @@ async fn drain(reader: &mut (impl AsyncReadExt + Unpin), limit: usize) -> Vec<u8
 
 /// A client that plays the handshake by hand: the server's challenge, an AUTH line (computed
 /// with `secret`, or replayed), then everything the server sends.
+/// An honest client's answer to the challenge, proving knowledge of `secret`.
+fn proof_with(secret: &BackupSecret) -> impl FnOnce(&protocol::Nonce) -> String + '_ {
+    |nonce| {
+        let mine = protocol::nonce().unwrap();
+        Message::Auth {
+            nonce: mine,
+            mac: protocol::client_proof(secret, nonce, &mine),
+        }
+        .to_line()
+    }
+}
+
 async fn handshake(
     addr: &str,
     answer: impl FnOnce(&protocol::Nonce) -> String,
@@ -78,29 +90,13 @@ async fn only_clients_that_know_the_secret_get_a_backup() {
 
     // A client with the wrong secret.
     let wrong = BackupSecret::new(b"not the StatefulSet's secret".to_vec()).unwrap();
-    let (_, got) = handshake(&addr, |nonce| {
-        let mine = protocol::nonce().unwrap();
-        Message::Auth {
-            nonce: mine,
-            mac: protocol::client_proof(&wrong, nonce, &mine),
-        }
-        .to_line()
-    })
-    .await;
+    let (_, got) = handshake(&addr, proof_with(&wrong)).await;
     assert!(!contains(&got, MAGIC));
     assert!(String::from_utf8_lossy(&got).contains("DENIED"), "{got:?}");
     assert_eq!(refusals(), 2);
 
     // A client with the right secret gets the backup; its exchange, replayed, gets nothing.
-    let (recorded, got) = handshake(&addr, |nonce| {
-        let mine = protocol::nonce().unwrap();
-        Message::Auth {
-            nonce: mine,
-            mac: protocol::client_proof(&secret, nonce, &mine),
-        }
-        .to_line()
-    })
-    .await;
+    let (recorded, got) = handshake(&addr, proof_with(&secret)).await;
     assert!(contains(&got, MAGIC), "the right secret got no backup");
     let secret_hex = hex::encode(credentials.backup_secret.as_bytes());
     for wire in [recorded.as_bytes(), &got[..200]] {
