@@ -3,7 +3,8 @@
 # otherwise); the agent's clone against the tutorial's pipeline and the backup tool's floor,
 # interleaved over several runs. Prints the table and writes it to target/bench-results.md.
 # Arguments go to the benchmark (target/release/bench --help): --size 4GiB, --runs 9,
-# --compare-agent OLD_BINARY, --hold.
+# --compare-agent OLD_BINARY, --clone-volume shared, --hold. Runs as root: the clones go to
+# a volume of their own (a loop device), as a new replica's do in the StatefulSet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

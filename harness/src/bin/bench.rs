@@ -3,8 +3,9 @@
 //!
 //! Variants, each starting from a synced file system:
 //! - agent: `mysql-agent clone` from the primary's sidecar, from connect to prepared data in
-//!   place (durably synced); `--compare-agent` adds a second build receiving from the same
-//!   sidecar, for before/after numbers in one run;
+//!   place (durably synced); `--compare-agent` adds a second build, cloning from a second
+//!   sidecar of that build on the same primary (and read by the serve client too), for
+//!   before/after numbers of both sides in one run;
 //! - tutorial: the tutorial's own pipeline: its sender (`ncat --listen --send-only -c
 //!   "mariadb-backup --backup ..."`) on the primary, `ncat --recv-only | mbstream -x`, then
 //!   `mariadb-backup --prepare`;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use mysql_agent_harness::{BACKUP_PORT, Cluster, ClusterSpec, MYSQL_PORT, Pod, dir_size};
+use mysql_agent_harness::{Cluster, ClusterSpec, MYSQL_PORT, Pod, dir_size};
 
 /// Benchmark clones on a loopback cluster with a sysbench dataset.
 #[derive(Parser)]
@@ -39,15 +40,21 @@ struct Args {
     /// Where the cluster lives (emptied first)
     #[arg(long, default_value = "target/bench")]
     root: PathBuf,
-    /// Where the clones are written (default: under --root, on the primary's disk). In a real
-    /// cluster the donor and the new replica have separate volumes; on a one-disk machine a
-    /// clone's writes compete with the donor's reads, which the floor never does
-    #[arg(long)]
+    /// Where the clones are written. `separate`: a volume of their own, as the new replica
+    /// has its own PersistentVolume in the StatefulSet: ext4 on a memory-backed loop device
+    /// whose writes are capped at the rate this machine's disk writes (measured first; needs
+    /// root). `shared`: under --root, on the donor's disk, where a clone's writes and the
+    /// donor's reads share one device's bandwidth, which the floor's never do
+    #[arg(long, value_enum, default_value_t = Placement::Separate)]
+    clone_volume: Placement,
+    /// Write the clones into this directory instead (a second disk you mounted yourself)
+    #[arg(long, conflicts_with = "clone_volume")]
     targets: Option<PathBuf>,
     /// Where the results table is written (outside --root, which every run empties)
     #[arg(long, default_value = "target/bench-results.md")]
     out: PathBuf,
-    /// A second agent build (say, the previous commit's) cloned from the same sidecar
+    /// A second agent build (say, the previous commit's): it also runs a sidecar on the primary
+    /// (port 3309), which its clones and a second serve client read
     #[arg(long)]
     compare_agent: Option<PathBuf>,
     /// The backup tool's --parallel for the floor and the direct-socket rate: the sidecar's
@@ -78,6 +85,142 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((number * scale) as u64)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Placement {
+    Separate,
+    Shared,
+}
+
+/// The new replica's own volume, on a machine with one disk: ext4 on a loop device over a
+/// file in memory, its writes capped (cgroup v1 blkio throttle) at the rate the real disk
+/// writes, so it behaves like a second disk of the same kind rather than like memory.
+/// Unmounted and freed on drop.
+///
+/// The file is written in full before use and the file system is mounted without `discard`,
+/// so a deleted clone's blocks stay in memory for the next one: on this VM the first touch
+/// of fresh memory runs at about 600 MB/s against 3.3 GB/s for a rewrite (dd of 4 GiB into
+/// tmpfs), and a 4 GiB clone onto fresh pages spent 40% of both cores in the loop device's
+/// copies, a cost no real disk has.
+struct CloneVolume {
+    dir: PathBuf,
+    image: PathBuf,
+    device: Option<String>,
+    write_cap: Option<u64>,
+}
+
+/// Where the volume's backing file lives: tmpfs, so none of its I/O touches the real disk.
+const MEMORY_DIR: &str = "/dev/shm";
+/// The blkio throttle the cap is written to (cgroup v1; every process here is in the root).
+const WRITE_CAP_FILE: &str = "/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device";
+/// Bytes written (O_DIRECT, 1 MiB at a time) to measure the real disk's write rate.
+const PROBE_BYTES: u64 = 1 << 30;
+
+impl CloneVolume {
+    /// Undoes what an interrupted run (Ctrl-C skips the drop) left: the mount under `root`,
+    /// which would stop the cluster from emptying `root`, its write cap and memory.
+    fn clean_up_after_interrupted_run(root: &Path) {
+        let dir = root.join("clone-volume");
+        if let Some(numbers) = mounted_device(&dir) {
+            let _ = std::fs::write(WRITE_CAP_FILE, format!("{numbers} 0"));
+            let _ = Command::new("umount").arg(&dir).status();
+        }
+        if let Ok(entries) = std::fs::read_dir(MEMORY_DIR) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("mysql-agent-bench-") && name.ends_with(".img") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
+    fn create(root: &Path, capacity: u64) -> Result<Self> {
+        let rate = disk_write_rate(root)?;
+        let dir = root.join("clone-volume");
+        std::fs::create_dir_all(&dir)?;
+        let image =
+            Path::new(MEMORY_DIR).join(format!("mysql-agent-bench-{}.img", std::process::id()));
+        let mut volume = Self {
+            dir,
+            image,
+            device: None,
+            write_cap: None,
+        };
+        run(Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M"])
+            .arg(format!("of={}", volume.image.display()))
+            .arg(format!("count={}", capacity.div_ceil(1 << 20))))
+        .with_context(|| format!("filling {}", volume.image.display()))?;
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&volume.image))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&volume.image)
+            .arg(&volume.dir))
+        .context("mounting the clone volume (needs root and a loop device)")?;
+        let numbers = mounted_device(&volume.dir)
+            .with_context(|| format!("no loop device mounted on {}", volume.dir.display()))?;
+        std::fs::write(WRITE_CAP_FILE, format!("{numbers} {rate}")).with_context(|| {
+            format!("capping writes to device {numbers} in {WRITE_CAP_FILE} (cgroup v1 blkio)")
+        })?;
+        volume.device = Some(numbers);
+        volume.write_cap = Some(rate);
+        Ok(volume)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "a separate ext4 volume (loop device on pre-written memory, writes capped at {:.0} MiB/s, the O_DIRECT write rate measured on this machine's disk), standing in for the new replica's own volume",
+            self.write_cap.unwrap_or(0) as f64 / MIB
+        )
+    }
+}
+
+impl Drop for CloneVolume {
+    fn drop(&mut self) {
+        if let Some(numbers) = &self.device {
+            let _ = std::fs::write(WRITE_CAP_FILE, format!("{numbers} 0"));
+        }
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// The `major:minor` of the device mounted on `dir`, if one is.
+fn mounted_device(dir: &Path) -> Option<String> {
+    let source = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE", "--mountpoint"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    let device = String::from_utf8_lossy(&source.stdout).trim().to_owned();
+    let name = device.strip_prefix("/dev/")?;
+    let numbers = std::fs::read_to_string(format!("/sys/block/{name}/dev")).ok()?;
+    Some(numbers.trim().to_owned())
+}
+
+/// The disk's sequential O_DIRECT write rate in bytes per second: the fastest of three
+/// [`PROBE_BYTES`] writes by dd into `dir`. The fastest, because the cap stands for the disk
+/// and holds for the whole run: a probe that lands in a moment when other machines load the
+/// host (seen here: 558 MiB/s against 1000-1400 usually) would throttle every clone.
+fn disk_write_rate(dir: &Path) -> Result<u64> {
+    let probe = dir.join("write-probe");
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        sync();
+        let t = Instant::now();
+        run(Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "oflag=direct", "conv=fsync"])
+            .arg(format!("of={}", probe.display()))
+            .arg(format!("count={}", PROBE_BYTES >> 20)))?;
+        rates.push(PROBE_BYTES as f64 / t.elapsed().as_secs_f64());
+        std::fs::remove_file(&probe)?;
+        sync();
+    }
+    Ok(rates.into_iter().fold(0.0, f64::max) as u64)
+}
+
 /// Bytes per sysbench row on disk, measured: 4 tables of 1.1M rows make 1 GiB of tables.
 const ROW_BYTES: u64 = 245;
 /// Where the tutorial's own sender listens on the primary.
@@ -90,6 +233,7 @@ struct Samples {
     agent: Vec<f64>,
     agent_rss_kib: Vec<u64>,
     compare: Vec<f64>,
+    compare_serve: Vec<f64>,
     tutorial: Vec<f64>,
     tutorial_prepare: Vec<f64>,
     floor_stream: Vec<f64>,
@@ -112,6 +256,7 @@ async fn main() -> Result<()> {
         which("sysbench"),
         "sysbench is missing (apt-get install sysbench)"
     );
+    CloneVolume::clean_up_after_interrupted_run(&spec.root);
     let mut cluster = Cluster::create(spec.clone()).await?;
     let result = bench(&mut cluster, &args).await;
     let stopped = cluster.stop().await;
@@ -149,11 +294,38 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
         tokio::signal::ctrl_c().await?;
         return Ok(None);
     }
-    let work = match &args.targets {
-        Some(dir) => std::path::absolute(dir)?,
-        None => cluster.spec().root.join("targets"),
+    let root = cluster.spec().root.clone();
+    let volume;
+    let (work, targets) = match (&args.targets, args.clone_volume) {
+        (Some(dir), _) => {
+            let dir = std::path::absolute(dir)?;
+            let described = format!("{} ({})", dir.display(), fs_type(&dir));
+            (dir, described)
+        }
+        (None, Placement::Shared) => {
+            let dir = root.join("targets");
+            std::fs::create_dir_all(&dir)?;
+            let described = format!(
+                "{} ({}), on the donor's disk: the clone's writes share its bandwidth with the donor's reads",
+                dir.display(),
+                fs_type(&dir)
+            );
+            (dir, described)
+        }
+        (None, Placement::Separate) => {
+            // Enough for one clone at a time (each is deleted once timed), with room to spare.
+            let capacity = tables * 3 / 2 + (1 << 30);
+            volume = CloneVolume::create(&root, capacity)?;
+            let described = volume.describe();
+            (volume.dir.clone(), described)
+        }
     };
     let _sender = TutorialSender::start(primary)?;
+    let compared = match &args.compare_agent {
+        Some(agent) => Some(ComparedSidecar::start(primary, agent, &root)?),
+        None => None,
+    };
+    let compared_donor = format!("{}:{COMPARED_PORT}", primary.addr);
     let mut variants = vec![
         Variant::Agent,
         Variant::Tutorial,
@@ -163,6 +335,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
     ];
     if args.compare_agent.is_some() {
         variants.push(Variant::Compare);
+        variants.push(Variant::CompareServe);
     }
     let mut samples = Samples::default();
     for run in 0..args.runs {
@@ -174,7 +347,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
             match variant {
                 Variant::Agent => {
                     let agent = &cluster.spec().agent;
-                    let (secs, rss) = agent_clone(primary, agent, &work)?;
+                    let (secs, rss) = agent_clone(&primary.backup_addr(), agent, &work)?;
                     samples.agent.push(secs);
                     samples.agent_rss_kib.push(rss);
                 }
@@ -183,20 +356,27 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                         .compare_agent
                         .as_deref()
                         .expect("only with --compare-agent");
-                    samples.compare.push(agent_clone(primary, agent, &work)?.0);
+                    samples
+                        .compare
+                        .push(agent_clone(&compared_donor, agent, &work)?.0);
                 }
                 Variant::Tutorial => tutorial(primary, &work, &mut samples)?,
                 Variant::Floor => samples
                     .floor_stream
                     .push(floor(primary, args.tool_threads)?),
-                Variant::Serve => serve_side(primary, &mut samples)?,
+                Variant::Serve => {
+                    let (secs, bytes) = serve_side(&primary.backup_addr())?;
+                    samples.serve.push(secs);
+                    samples.serve_bytes.push(bytes);
+                }
+                Variant::CompareServe => samples.compare_serve.push(serve_side(&compared_donor)?.0),
                 Variant::Direct => samples.direct.push(direct(primary, args.tool_threads)?),
             }
             println!("   run {} {variant:?}: {:.2?}", run + 1, t.elapsed());
         }
     }
     let server_rss_kib = peak_rss_kib(primary.sidecar_pid().context("no sidecar")?)?;
-    let targets = format!("{} ({})", work.display(), fs_type(&work));
+    drop(compared);
     for name in ["agent", "tutorial"] {
         let _ = std::fs::remove_dir_all(work.join(name));
     }
@@ -213,10 +393,67 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
 enum Variant {
     Agent,
     Compare,
+    CompareServe,
     Tutorial,
     Floor,
     Serve,
     Direct,
+}
+
+/// Where the compared build's sidecar listens on the primary (3308 is the tutorial's).
+const COMPARED_PORT: u16 = 3309;
+const COMPARED_HTTP_PORT: u16 = 8081;
+
+/// The `--compare-agent` build's serve-backup on the primary, beside the cluster's own.
+struct ComparedSidecar(std::process::Child);
+
+impl ComparedSidecar {
+    fn start(primary: &Pod, agent: &Path, root: &Path) -> Result<Self> {
+        let log_path = root.join("compared-sidecar.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(agent)
+            .args([
+                "serve-backup",
+                "--pod-name",
+                "mysql-0",
+                "--service",
+                "bench",
+            ])
+            .arg("--data-dir")
+            .arg(primary.data_dir())
+            .arg("--listen")
+            .arg(format!("{}:{COMPARED_PORT}", primary.addr))
+            .arg("--http-listen")
+            .arg(format!("{}:{COMPARED_HTTP_PORT}", primary.addr))
+            .arg("--mysql-host")
+            .arg(primary.addr.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} serve-backup", agent.display()))?;
+        let sidecar = Self(child);
+        // A primary serves as soon as it says so.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log_path)?.contains("serving backups") {
+            ensure!(
+                Instant::now() < deadline,
+                "the compared sidecar never became ready; see {}",
+                log_path.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(sidecar)
+    }
+}
+
+impl Drop for ComparedSidecar {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }
 
 /// The tutorial's sidecar, as it runs there: ncat serving one backup per connection.
@@ -285,9 +522,8 @@ async fn load(primary: &Pod, size: u64) -> Result<()> {
 }
 
 /// Clones with `agent`; the seconds it took and its peak RSS (KiB).
-fn agent_clone(primary: &Pod, agent: &Path, work: &Path) -> Result<(f64, u64)> {
+fn agent_clone(donor: &str, agent: &Path, work: &Path) -> Result<(f64, u64)> {
     let target = fresh(work, "agent")?;
-    let donor = format!("{}:{BACKUP_PORT}", primary.addr);
     let t = Instant::now();
     let mut cmd = Command::new(agent);
     cmd.args([
@@ -297,7 +533,7 @@ fn agent_clone(primary: &Pod, agent: &Path, work: &Path) -> Result<(f64, u64)> {
         "--service",
         "bench",
         "--donor",
-        &donor,
+        donor,
     ])
     .arg("--data-dir")
     .arg(&target)
@@ -375,15 +611,14 @@ fn direct(primary: &Pod, threads: u32) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// A client reading the agent's backup server to the end, as [`direct`] reads the tool.
-fn serve_side(primary: &Pod, samples: &mut Samples) -> Result<()> {
+/// A client reading an agent's backup server to the end, as [`direct`] reads the tool;
+/// seconds and bytes.
+fn serve_side(server: &str) -> Result<(f64, u64)> {
     let t = Instant::now();
-    let socket = std::net::TcpStream::connect(primary.backup_addr())?;
+    let socket = std::net::TcpStream::connect(server)?;
     let bytes = drain(socket)?;
     ensure!(bytes > 1 << 20, "the backup server sent only {bytes} bytes");
-    samples.serve.push(t.elapsed().as_secs_f64());
-    samples.serve_bytes.push(bytes);
-    Ok(())
+    Ok((t.elapsed().as_secs_f64(), bytes))
 }
 
 /// Reads a socket to its end; the byte count.
@@ -558,15 +793,24 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
     ];
     if !s.compare.is_empty() {
         let compare = median(&s.compare);
+        let compared = args
+            .compare_agent
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .display();
         rows.insert(
             1,
             format!(
-                "| compared agent clone ({}) | {compare:.2} s ({:.2}x this one) | |",
-                args.compare_agent
-                    .as_deref()
-                    .unwrap_or(Path::new(""))
-                    .display(),
+                "| compared build's clone, from its own sidecar ({compared}) | {compare:.2} s ({:.2}x this one) | |",
                 compare / agent
+            ),
+        );
+        let compare_serve = rate(&s.compare_serve);
+        rows.insert(
+            7,
+            format!(
+                "| compared build's server / tool straight into the socket | {compare_serve:.0} / {direct:.0} MiB/s = {:.0}% | |",
+                100.0 * compare_serve / direct
             ),
         );
     }
@@ -586,13 +830,14 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
     }
     let _ = writeln!(
         out,
-        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}",
+        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}, compared serve {:?}",
         rounded(&s.agent),
         rounded(&s.tutorial),
         rounded(&s.floor_stream),
         rounded(&s.serve),
         rounded(&s.direct),
-        rounded(&s.compare)
+        rounded(&s.compare),
+        rounded(&s.compare_serve)
     );
     out
 }
