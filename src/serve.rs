@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -25,6 +25,7 @@ use crate::accounts::{self, Account, Role};
 use crate::backup_tool::{self, BackupTool};
 use crate::coordinates;
 use crate::fsutil;
+use crate::handoff;
 use crate::http::{self, HttpState};
 use crate::metrics::{self, BackupResult, Metrics};
 use crate::monitor::{self, Health};
@@ -33,7 +34,6 @@ use crate::pod::PodIdentity;
 use crate::process::Supervised;
 use crate::progress::{self, Sample};
 use crate::protocol::{self, Message, StreamInfo, StreamStatus};
-use crate::relay;
 use crate::replication::{self, Outcome, Source};
 use crate::retry;
 use crate::secrets::{BackupSecret, ClientOptionsFile};
@@ -460,7 +460,8 @@ async fn stream_backup(
     result
 }
 
-/// The backup tool's stdout, copied to the client; see [`stream_backup`].
+/// The backup tool, writing into the client socket itself (see [`handoff`]); see
+/// [`stream_backup`].
 async fn stream_tool_output(
     socket: &mut TcpStream,
     server: &Server,
@@ -477,40 +478,53 @@ async fn stream_tool_output(
         options.path(),
         config.backup_threads,
     );
-    command.stdout(std::process::Stdio::piped());
-    let mut child = Supervised::spawn(command, "backup")?;
-    let pipe = child
-        .take_stdout()
-        .context("the backup tool has no stdout")?
-        .into_owned_fd()
-        .context("taking the backup tool's stdout")?;
-    relay::enlarge_pipe(pipe.as_fd());
-    let client = socket
+    // What the agent wrote so far is acknowledged before the tool starts, so the count
+    // after it exits minus this one is the tool's output.
+    let baseline = handoff::drained(socket.as_fd(), handoff::DRAIN_TIMEOUT, cancel).await?;
+    let blocking = handoff::BlockingGuard::new(socket.as_fd())?;
+    let tool_end = socket
         .as_fd()
         .try_clone_to_owned()
         .context("duplicating the client socket")?;
-    let copied = tokio::task::spawn_blocking({
-        let (cancel, sent) = (cancel.clone(), Arc::clone(sent));
-        let stream_bytes = server.metrics.stream_bytes.clone();
-        move || {
-            relay::splice_to_end(pipe.as_fd(), client.as_fd(), &cancel, |n| {
-                sent.fetch_add(n, Ordering::Relaxed);
-                stream_bytes.inc_by(n);
-            })
+    command.stdout(std::process::Stdio::from(tool_end));
+    // Spawning consumes the command and with it the agent's copy of the tool's descriptor.
+    let mut child = Supervised::spawn(command, "backup")?;
+    let mut counted = 0u64;
+    let mut count = |acked: u64| {
+        let delivered = acked.saturating_sub(baseline);
+        server.metrics.stream_bytes.inc_by(delivered - counted);
+        sent.fetch_add(delivered - counted, Ordering::Relaxed);
+        counted = delivered;
+    };
+    let mut tick = tokio::time::interval(handoff::POLL_TICK);
+    // One wait future for the whole run: dropping it half-way could lose the tool's stderr.
+    let finished = {
+        let wait = child.wait();
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                finished = &mut wait => break Some(finished?),
+                _ = tick.tick() => {
+                    if let Ok(state) = handoff::send_state(socket.as_fd()) {
+                        count(state.acked);
+                    }
+                }
+                () = cancel.cancelled() => break None,
+            }
         }
-    })
-    .await
-    .context("the relay thread failed")
-    .and_then(|relayed| relayed);
-    if let Err(e) = copied {
+    };
+    let Some(finished) = finished else {
         let finished = child.kill().await?;
-        return Err(e.context(format!(
-            "after {} bytes; backup tool killed ({})",
-            sent.load(Ordering::Relaxed),
+        bail!(
+            "the agent is shutting down; backup tool killed ({})",
             finished.describe()
-        )));
-    }
-    let finished = child.wait().await?;
+        );
+    };
+    let acked = handoff::drained(socket.as_fd(), handoff::DRAIN_TIMEOUT, cancel)
+        .await
+        .with_context(|| format!("the backup tool {}", finished.describe()))?;
+    count(acked);
+    drop(blocking);
     let failure = (!finished.completed_ok())
         .then(|| format!("{} {}", config.tool.path.display(), finished.describe()));
     Ok(StreamStatus {
