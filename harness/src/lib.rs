@@ -46,7 +46,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a process gets to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// What serve-backup logs once its listener is bound.
-const SIDECAR_STARTED: &str = "serving backups";
+pub const SIDECAR_STARTED: &str = "serving backups";
 /// The packages every pod needs, installed on first use when missing.
 pub const PACKAGES: [&str; 3] = ["mariadb-server", "mariadb-backup", "ncat"];
 

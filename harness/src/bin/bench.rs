@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use mysql_agent_harness::{Cluster, ClusterSpec, MYSQL_PORT, Pod, dir_size};
+use mysql_agent_harness::{Cluster, ClusterSpec, MYSQL_PORT, Pod, SIDECAR_STARTED, dir_size};
 
 /// Benchmark clones on a loopback cluster with a sysbench dataset.
 #[derive(Parser)]
@@ -104,8 +104,7 @@ enum Placement {
 struct CloneVolume {
     dir: PathBuf,
     image: PathBuf,
-    device: Option<String>,
-    write_cap: Option<u64>,
+    write_cap: u64,
 }
 
 /// Where the volume's backing file lives: tmpfs, so none of its I/O touches the real disk.
@@ -119,11 +118,7 @@ impl CloneVolume {
     /// Undoes what an interrupted run (Ctrl-C skips the drop) left: the mount under `root`,
     /// which would stop the cluster from emptying `root`, its write cap and memory.
     fn clean_up_after_interrupted_run(root: &Path) {
-        let dir = root.join("clone-volume");
-        if let Some(numbers) = mounted_device(&dir) {
-            let _ = std::fs::write(WRITE_CAP_FILE, format!("{numbers} 0"));
-            let _ = Command::new("umount").arg(&dir).status();
-        }
+        release(&Self::dir(root));
         if let Ok(entries) = std::fs::read_dir(MEMORY_DIR) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -134,17 +129,22 @@ impl CloneVolume {
         }
     }
 
+    /// Where the volume is mounted.
+    fn dir(root: &Path) -> PathBuf {
+        root.join("clone-volume")
+    }
+
     fn create(root: &Path, capacity: u64) -> Result<Self> {
-        let rate = disk_write_rate(root)?;
-        let dir = root.join("clone-volume");
+        let write_cap = disk_write_rate(root)?;
+        let dir = Self::dir(root);
         std::fs::create_dir_all(&dir)?;
         let image =
             Path::new(MEMORY_DIR).join(format!("mysql-agent-bench-{}.img", std::process::id()));
-        let mut volume = Self {
+        // From here on, dropping it undoes whatever was done.
+        let volume = Self {
             dir,
             image,
-            device: None,
-            write_cap: None,
+            write_cap,
         };
         run(Command::new("dd")
             .args(["if=/dev/zero", "bs=1M"])
@@ -161,29 +161,32 @@ impl CloneVolume {
         .context("mounting the clone volume (needs root and a loop device)")?;
         let numbers = mounted_device(&volume.dir)
             .with_context(|| format!("no loop device mounted on {}", volume.dir.display()))?;
-        std::fs::write(WRITE_CAP_FILE, format!("{numbers} {rate}")).with_context(|| {
+        std::fs::write(WRITE_CAP_FILE, format!("{numbers} {write_cap}")).with_context(|| {
             format!("capping writes to device {numbers} in {WRITE_CAP_FILE} (cgroup v1 blkio)")
         })?;
-        volume.device = Some(numbers);
-        volume.write_cap = Some(rate);
         Ok(volume)
     }
 
     fn describe(&self) -> String {
         format!(
             "a separate ext4 volume (loop device on pre-written memory, writes capped at {:.0} MiB/s, the O_DIRECT write rate measured on this machine's disk), standing in for the new replica's own volume",
-            self.write_cap.unwrap_or(0) as f64 / MIB
+            self.write_cap as f64 / MIB
         )
     }
 }
 
 impl Drop for CloneVolume {
     fn drop(&mut self) {
-        if let Some(numbers) = &self.device {
-            let _ = std::fs::write(WRITE_CAP_FILE, format!("{numbers} 0"));
-        }
-        let _ = Command::new("umount").arg(&self.dir).status();
+        release(&self.dir);
         let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// Lifts the write cap of the device mounted on `dir` and unmounts it, if one is mounted.
+fn release(dir: &Path) {
+    if let Some(numbers) = mounted_device(dir) {
+        let _ = std::fs::write(WRITE_CAP_FILE, format!("{numbers} 0"));
+        let _ = Command::new("umount").arg(dir).status();
     }
 }
 
@@ -436,7 +439,7 @@ impl ComparedSidecar {
         let sidecar = Self(child);
         // A primary serves as soon as it says so.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log_path)?.contains("serving backups") {
+        while !std::fs::read_to_string(&log_path)?.contains(SIDECAR_STARTED) {
             ensure!(
                 Instant::now() < deadline,
                 "the compared sidecar never became ready; see {}",
