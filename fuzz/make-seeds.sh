@@ -29,7 +29,7 @@ mariadb --socket="$work/sock" -uroot -e "CREATE DATABASE app; CREATE TABLE app.t
 mariadb-backup --backup --stream=xbstream --slave-info --datadir="$work/data" --socket="$work/sock" --user=root >"$work/full.xbs" 2>"$work/backup.log"
 mkdir "$work/x" && mbstream -x -C "$work/x" <"$work/full.xbs"
 
-streams=seeds/xbstream_extract texts=seeds/text_parsers
+streams=seeds/xbstream_decode texts=seeds/text_parsers
 rm -rf "$streams" "$texts" && mkdir -p "$streams" "$texts"
 # A stream seed is a flavor byte (0 = MariaDB) followed by the stream.
 seed() { { printf '\0'; cat; } >"$streams/$1"; }

@@ -9,8 +9,10 @@ use mysql_async::Value;
 use mysql_async::prelude::Queryable;
 use tracing::info;
 
-use crate::replication::{ServerFlavor, ServerVersion};
+use crate::mysql;
+use crate::retry::Failure;
 use crate::secrets::Password;
+use crate::server_version::{ServerFlavor, ServerVersion};
 
 /// Where the accounts may connect from: replicas and the sidecar reach mysqld over the pod
 /// network or loopback, under addresses that change with every pod.
@@ -90,24 +92,33 @@ pub fn create_statements(
     statements
 }
 
-/// Creates `account` for `role` unless an account of that name already exists.
+/// Creates `account` for `role` unless an account of that name already exists. A failure
+/// is permanent when retrying cannot fix it (a refused privilege, a nonsensical answer).
 pub async fn ensure(
     conn: &mut mysql_async::Conn,
     server: &ServerVersion,
     no_backslash_escapes: bool,
     account: &Account,
     role: Role,
-) -> Result<()> {
+) -> Result<(), Failure> {
     let lit = |s: &str| Value::from(s).as_sql(no_backslash_escapes);
-    let exists: Option<u64> = conn
-        .query_first(format!(
-            "SELECT COUNT(*) FROM mysql.user WHERE User = {} AND Host = {}",
-            lit(&account.user),
-            lit(ACCOUNT_HOST)
-        ))
-        .await
-        .with_context(|| format!("looking up the {role:?} account {:?}", account.user))?;
-    if exists.unwrap_or(0) > 0 {
+    let query = format!(
+        "SELECT COUNT(*) FROM mysql.user WHERE User = {} AND Host = {}",
+        lit(&account.user),
+        lit(ACCOUNT_HOST)
+    );
+    let looking_up = || format!("looking up the {role:?} account {:?}", account.user);
+    let row: Option<mysql_async::Row> = conn.query_first(&query).await.with_context(looking_up)?;
+    let count = match row {
+        Some(row) => mysql::text_at(&row, 0)
+            .and_then(|n| {
+                n.parse::<u64>()
+                    .with_context(|| format!("a count of {n:?}"))
+            })
+            .with_context(|| format!("{}: {query}", looking_up()))?,
+        None => 0,
+    };
+    if count > 0 {
         info!(user = %account.user, ?role, "account exists; left as it is");
         return Ok(());
     }
@@ -115,7 +126,7 @@ pub async fn ensure(
         info!(statement = %statement.shown, "creating an account");
         conn.query_drop(&statement.sql)
             .await
-            .with_context(|| format!("running {}", statement.shown))?;
+            .map_err(|e| mysql::classify(e, &format!("running {}", statement.shown)))?;
     }
     Ok(())
 }

@@ -3,16 +3,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use tokio::process::Command;
 
 use crate::mysql::MysqlTarget;
-use crate::replication::{ServerFlavor, ServerVersion, version_triple};
+use crate::process::Finished;
+use crate::server_version::{ServerFlavor, ServerVersion, version_triple};
 use crate::xbstream::Flavor;
 
 /// Searched on PATH in this order when `--backup-tool` is not given.
 pub const SEARCH_ORDER: [&str; 3] = ["xtrabackup", "mariadb-backup", "mariabackup"];
+/// How long `<tool> --version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// What both tools print on the last line of stderr when they succeed.
 pub const COMPLETED_OK: &str = "completed OK!";
 
@@ -46,12 +50,18 @@ impl BackupTool {
                     )
                 })?,
         };
-        let output = Command::new(&path)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .with_context(|| format!("running {} --version", path.display()))?;
+        let output = tokio::time::timeout(
+            VERSION_TIMEOUT,
+            Command::new(&path)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| anyhow!("no answer within {VERSION_TIMEOUT:?}"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("running {} --version (see --backup-tool)", path.display()))?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -75,8 +85,8 @@ impl BackupTool {
     }
 
     /// `--backup` to stdout as xbstream, with the replica's coordinates when run on a replica.
-    /// The credentials come from `options` (a 0600 file, see
-    /// [`crate::secrets::ClientOptionsFile`]), which the tools require as the first argument.
+    /// The credentials come from `options` (an in-memory file, see
+    /// [`crate::secrets::ClientOptions`]), which the tools require as the first argument.
     /// `threads` copy files in parallel, so reading the data dir overlaps sending the stream.
     pub fn backup_command(
         &self,
@@ -104,6 +114,15 @@ impl BackupTool {
             .arg(format!("--target-dir={}", target_dir.display()));
         cmd
     }
+}
+
+/// The backup tools' success contract: exit status 0 and `completed OK!` on the last
+/// non-empty stderr line (an exit status alone has been known to lie).
+pub fn completed_ok(finished: &Finished) -> bool {
+    finished.status.success()
+        && finished
+            .last_line()
+            .is_some_and(|l| l.contains(COMPLETED_OK))
 }
 
 impl std::fmt::Display for BackupTool {

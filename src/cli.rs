@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::accounts::Account;
-use crate::backup_tool::BackupTool;
 use crate::clone::{self, Donor};
+use crate::fsutil;
 use crate::init_config;
 use crate::mysql::MysqlTarget;
 use crate::pod::PodIdentity;
@@ -18,6 +18,7 @@ use crate::protocol;
 use crate::replication::Source;
 use crate::secrets::{BackupSecret, Password};
 use crate::serve;
+use crate::telemetry::LogFormat;
 
 /// Where serve-backup listens for backup clients: the tutorial's port on every address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3307";
@@ -67,12 +68,6 @@ pub struct LogArgs {
         global = true
     )]
     pub termination_log: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 // Parsed once at start-up: the variants' sizes do not matter.
@@ -162,13 +157,17 @@ impl SecretArgs {
     fn load(&self) -> Result<Option<BackupSecret>> {
         self.backup_secret_file
             .as_deref()
-            .map(BackupSecret::from_file)
+            .map(|path| {
+                BackupSecret::from_file(path)
+                    .with_context(|| format!("--backup-secret-file {}", path.display()))
+            })
             .transpose()
     }
 }
 
-fn read_password(file: Option<&Path>) -> Result<Password> {
-    file.map(Password::from_file)
+/// The password in `file` (given by `flag`), or none.
+fn read_password(file: Option<&Path>, flag: &str) -> Result<Password> {
+    file.map(|path| Password::from_file(path).with_context(|| format!("{flag} {}", path.display())))
         .transpose()
         .map(Option::unwrap_or_default)
 }
@@ -178,12 +177,6 @@ pub struct BackupToolArgs {
     /// The backup tool [default: xtrabackup, else mariadb-backup, else mariabackup, on PATH]
     #[arg(long, env = "MYSQL_AGENT_BACKUP_TOOL", value_name = "PATH")]
     pub backup_tool: Option<PathBuf>,
-}
-
-impl BackupToolArgs {
-    async fn locate(&self) -> Result<BackupTool> {
-        BackupTool::locate(self.backup_tool.as_deref()).await
-    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -221,6 +214,8 @@ pub struct InitConfigArgs {
 
 impl InitConfigArgs {
     pub fn into_config(self) -> Result<init_config::Config> {
+        fsutil::check_dir(&self.config_map_dir, "--config-map-dir", false)?;
+        fsutil::check_dir(&self.conf_dir, "--conf-dir", true)?;
         Ok(init_config::Config {
             pod: self.pod.identity()?,
             config_map_dir: self.config_map_dir,
@@ -261,7 +256,7 @@ pub struct CloneArgs {
           value_parser = humantime::parse_duration)]
     pub donor_wait: Duration,
 
-    /// A transfer that receives no byte for this long has stalled and is retried
+    /// A transfer that receives less than 1 MiB in this long has stalled and is retried
     #[arg(long, env = "MYSQL_AGENT_STALL_TIMEOUT", value_name = "DURATION", default_value = "5m",
           value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
@@ -293,8 +288,10 @@ impl ProgressArgs {
 }
 
 impl CloneArgs {
-    pub async fn into_config(self) -> Result<clone::Config> {
+    /// Checks everything the flags name before any work: a bad value is a usage error.
+    pub fn into_config(self) -> Result<clone::Config> {
         let pod = self.pod.identity()?;
+        fsutil::check_dir(&self.data.data_dir, "--data-dir", true)?;
         let donors = if self.donors.is_empty() {
             pod.default_donor_hosts()
                 .into_iter()
@@ -310,9 +307,11 @@ impl CloneArgs {
             pod,
             data_dir: self.data.data_dir,
             donors,
-            tool: self.tool.locate().await?,
-            max_attempts: self.max_attempts,
-            donor_wait: self.donor_wait,
+            tool: self.tool.backup_tool,
+            policy: clone::Policy {
+                max_attempts: self.max_attempts,
+                donor_wait: self.donor_wait,
+            },
             stall_timeout: self.stall_timeout.max(Duration::from_secs(1)),
             require_end_marker: self.require_end_marker,
             secret: self.secret.load()?,
@@ -424,6 +423,12 @@ pub struct ServeBackupArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_backups: u32,
 
+    /// A client that accepts no byte of its backup for this long is dropped and its backup
+    /// tool killed, freeing the slot
+    #[arg(long, env = "MYSQL_AGENT_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
+
     /// Threads the backup tool copies files with (its --parallel): one thread reading while
     /// another waits on the client roughly halves a clone's time on a loopback benchmark
     #[arg(long, env = "MYSQL_AGENT_BACKUP_THREADS", value_name = "N", default_value_t = DEFAULT_BACKUP_THREADS,
@@ -449,29 +454,40 @@ pub struct ServeBackupArgs {
 }
 
 impl ServeBackupArgs {
-    pub async fn into_config(self) -> Result<serve::Config> {
+    /// Checks everything the flags name before any work: a bad value is a usage error.
+    pub fn into_config(self) -> Result<serve::Config> {
         let pod = self.pod.identity()?;
+        fsutil::check_dir(&self.data.data_dir, "--data-dir", true)?;
         let mysql = MysqlTarget {
             host: self.mysql_host,
             port: self.mysql_port,
             user: self.mysql_user,
-            password: read_password(self.mysql_password_file.as_deref())?,
+            password: read_password(self.mysql_password_file.as_deref(), "--mysql-password-file")?,
         };
         // An account not named is the administrative one, password included.
-        let account = |user: Option<String>, file: Option<PathBuf>| -> Result<Account> {
-            Ok(match user {
-                Some(user) => Account {
-                    user,
-                    password: read_password(file.as_deref())?,
-                },
-                None => Account {
-                    user: mysql.user.clone(),
-                    password: mysql.password.clone(),
-                },
-            })
-        };
-        let replication = account(self.replication_user, self.replication_password_file)?;
-        let backup_account = account(self.backup_user, self.backup_password_file)?;
+        let account =
+            |user: Option<String>, file: Option<PathBuf>, flag: &str| -> Result<Account> {
+                Ok(match user {
+                    Some(user) => Account {
+                        user,
+                        password: read_password(file.as_deref(), flag)?,
+                    },
+                    None => Account {
+                        user: mysql.user.clone(),
+                        password: mysql.password.clone(),
+                    },
+                })
+            };
+        let replication = account(
+            self.replication_user,
+            self.replication_password_file,
+            "--replication-password-file",
+        )?;
+        let backup_account = account(
+            self.backup_user,
+            self.backup_password_file,
+            "--backup-password-file",
+        )?;
         let source = Source {
             host: self.primary_host.unwrap_or_else(|| pod.primary_host()),
             port: self.primary_port,
@@ -479,7 +495,8 @@ impl ServeBackupArgs {
             password: replication.password,
         };
         Ok(serve::Config {
-            tool: self.tool.locate().await?,
+            tool: self.tool.backup_tool,
+            stall_timeout: self.stall_timeout.max(Duration::from_secs(1)),
             pod,
             data_dir: self.data.data_dir,
             listen: self.listen,

@@ -4,21 +4,10 @@
 //! multi-statement slave info. Here they are parsed into values and never executed: the SQL
 //! is built afresh for the local server's dialect (see [`crate::replication`]).
 
-use std::fs;
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use anyhow::{Context, Result, bail, ensure};
 use regex::Regex;
-
-/// Binary-log coordinates of the backed-up server (it was the primary, or logs binlogs).
-pub const BINLOG_INFO_FILES: [&str; 2] = ["xtrabackup_binlog_info", "mariadb_backup_binlog_info"];
-/// Coordinates of the backed-up server's own source (written with `--slave-info` on a replica).
-pub const SLAVE_INFO_FILES: [&str; 2] = ["xtrabackup_slave_info", "mariadb_backup_slave_info"];
-pub const CHECKPOINTS_FILES: [&str; 2] = ["xtrabackup_checkpoints", "mariadb_backup_checkpoints"];
-/// Written last by both tools, so its presence says the tool got to the end.
-pub const INFO_FILES: [&str; 2] = ["xtrabackup_info", "mariadb_backup_info"];
 
 /// Where a replica of this data starts reading from the primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,63 +198,6 @@ pub fn choose(binlog_info: Option<&str>, slave_info: Option<&str>) -> Result<Opt
         origin: Origin::Primary,
         position,
     }))
-}
-
-/// Reads the first of `names` that exists in `dir`.
-pub fn read_optional(dir: &Path, names: &[&str]) -> Result<Option<(PathBuf, String)>> {
-    for name in names {
-        let path = dir.join(name);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let text = String::from_utf8(bytes)
-                    .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-                return Ok(Some((path, text)));
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-    Ok(None)
-}
-
-/// Reads and chooses the coordinates of the backup extracted in `dir`, if it has any.
-pub fn read_from_dir(dir: &Path) -> Result<Option<Coordinates>> {
-    let binlog = read_optional(dir, &BINLOG_INFO_FILES)?;
-    let slave = read_optional(dir, &SLAVE_INFO_FILES)?;
-    let describe = || {
-        [&slave, &binlog]
-            .into_iter()
-            .flatten()
-            .map(|(p, _)| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" and ")
-    };
-    choose(
-        binlog.as_ref().map(|(_, t)| t.as_str()),
-        slave.as_ref().map(|(_, t)| t.as_str()),
-    )
-    .with_context(|| format!("reading replication coordinates from {}", describe()))
-}
-
-/// The `backup_type` of a checkpoints file (`full-backuped`, `full-prepared`, `log-applied`…).
-pub fn parse_backup_type(checkpoints: &str) -> Result<String> {
-    field(checkpoints, "backup_type").context("no backup_type line")
-}
-
-/// The value of a `key = value` line, as in the checkpoints and info files.
-pub fn field(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once('=')?;
-        (k.trim() == key).then(|| v.trim().to_owned())
-    })
-}
-
-/// A complete backup that has not been prepared yet.
-pub const BACKUP_TYPE_FULL: &str = "full-backuped";
-
-/// Percona writes `full-prepared` after `--prepare`, MariaDB `log-applied`.
-pub fn is_prepared(backup_type: &str) -> bool {
-    matches!(backup_type, "full-prepared" | "log-applied")
 }
 
 /// `domain-server-seq` triples separated by commas, e.g. `0-1-10,1-2-5`.
@@ -477,41 +409,6 @@ mod tests {
         );
         assert_eq!(choose(None, None).unwrap(), None);
         assert_eq!(choose(None, Some("")).unwrap(), None);
-    }
-
-    #[test]
-    fn reads_either_file_name_set() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_from_dir(dir.path()).unwrap(), None);
-        fs::write(
-            dir.path().join("mariadb_backup_binlog_info"),
-            "b.000002\t8\t\n",
-        )
-        .unwrap();
-        let coords = read_from_dir(dir.path()).unwrap().unwrap();
-        assert_eq!(
-            coords.position,
-            Position::File {
-                file: "b.000002".into(),
-                pos: 8
-            }
-        );
-        fs::write(dir.path().join("xtrabackup_slave_info"), "nonsense").unwrap();
-        let msg = format!("{:#}", read_from_dir(dir.path()).unwrap_err());
-        assert!(msg.contains("xtrabackup_slave_info"), "{msg}");
-    }
-
-    #[test]
-    fn checkpoints() {
-        let mariadb = "backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = 44404\n";
-        assert_eq!(parse_backup_type(mariadb).unwrap(), BACKUP_TYPE_FULL);
-        assert!(!is_prepared(BACKUP_TYPE_FULL));
-        assert!(is_prepared(
-            &parse_backup_type("backup_type = log-applied\n").unwrap()
-        ));
-        assert!(is_prepared("full-prepared"));
-        assert!(parse_backup_type("from_lsn = 0\n").is_err());
-        assert!(parse_backup_type("").is_err());
     }
 
     #[test]

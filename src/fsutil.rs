@@ -16,7 +16,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let tmp = dir.join(temporary_name(&name.to_string_lossy()));
     let write = || -> std::io::Result<()> {
         let mut file = File::create(&tmp)?;
         file.write_all(contents)?;
@@ -26,6 +26,31 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     fsync_dir(dir)
+}
+
+/// The temporary sibling [`write_atomic`] writes `name` through.
+pub fn temporary_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// Whether `name` is a temporary [`write_atomic`] left behind (a kill mid-write).
+pub fn is_temporary(name: &str) -> bool {
+    name.len() > 5 && name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Checks that `dir` (given by `flag`) is an existing directory, and writable when `writable`.
+pub fn check_dir(dir: &Path, flag: &str, writable: bool) -> Result<()> {
+    let meta =
+        fs::metadata(dir).with_context(|| format!("{flag} {}: cannot use it", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{flag} {}: not a directory", dir.display());
+    if writable {
+        nix::unistd::access(
+            dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .with_context(|| format!("{flag} {}: not writable", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Makes the directory's entries (creations, renames, removals) durable.
@@ -108,6 +133,35 @@ mod tests {
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(list_dir(dir.path()).unwrap(), vec!["server-id.cnf"]);
+    }
+
+    #[test]
+    fn temporaries_are_recognised() {
+        assert!(is_temporary(&temporary_name("server-id.cnf")));
+        assert!(is_temporary("..mysql-agent-clone-in-progress.tmp"));
+        assert!(!is_temporary("ibdata1") && !is_temporary(".tmp"));
+    }
+
+    #[test]
+    fn directories_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        check_dir(dir.path(), "--data-dir", true).unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, "x").unwrap();
+        let msg = format!("{:#}", check_dir(&file, "--data-dir", false).unwrap_err());
+        assert!(
+            msg.starts_with("--data-dir ") && msg.contains("not a directory"),
+            "{msg}"
+        );
+        let missing = dir.path().join("missing");
+        let msg = format!(
+            "{:#}",
+            check_dir(&missing, "--data-dir", false).unwrap_err()
+        );
+        assert!(
+            msg.contains("missing") && msg.contains("No such file"),
+            "{msg}"
+        );
     }
 
     #[test]

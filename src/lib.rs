@@ -4,20 +4,40 @@
 //! - `init-config` (first initContainer): server-id from the pod's ordinal, and the primary's
 //!   or the replica's config, into mysqld's conf.d ([`init_config`]);
 //! - `clone` (second initContainer): an empty replica's data dir becomes a prepared copy of a
-//!   peer's data, received over TCP 3307 and extracted natively ([`clone`], [`xbstream`]);
+//!   peer's data, received over TCP 3307 and decoded natively ([`clone`], [`protocol`],
+//!   [`xbstream`]);
 //! - `serve-backup` (sidecar): replication is pointed at the primary from the clone's
 //!   coordinates, then backups are served to new peers on 3307 ([`serve`], [`replication`]).
+//!
+//! # Layout
+//!
+//! Modules import only downwards, never back (`tests/layout.rs` checks it):
+//!
+//! - the modes: [`cli`] (flags into configs), [`init_config`], [`clone`], [`serve`] with
+//!   [`http`] and [`monitor`];
+//! - what they speak: [`protocol`] (port 3307, over any byte stream), [`xbstream`] (a pure
+//!   decoder and its sinks), [`replication`], [`accounts`] and [`mysql`] (SQL per server
+//!   version, [`server_version`]), [`backup_tool`] and [`process`] (the child they run),
+//!   [`handoff`] and [`sockets`] (the client socket);
+//! - what they read: [`metadata`] and [`coordinates`] (the backup's own files),
+//!   [`keyvalue`], [`pod`], [`secrets`];
+//! - plumbing: [`retry`], [`shutdown`], [`errors`], [`telemetry`], [`metrics`], [`progress`],
+//!   [`fsutil`], [`failpoint`].
+#![deny(unsafe_code)]
 
 pub mod accounts;
 pub mod backup_tool;
 pub mod cli;
 pub mod clone;
 pub mod coordinates;
+pub mod errors;
 pub mod failpoint;
 pub mod fsutil;
 pub mod handoff;
 pub mod http;
 pub mod init_config;
+pub mod keyvalue;
+pub mod metadata;
 pub mod metrics;
 pub mod monitor;
 pub mod mysql;
@@ -29,7 +49,9 @@ pub mod replication;
 pub mod retry;
 pub mod secrets;
 pub mod serve;
+pub mod server_version;
 pub mod shutdown;
+pub mod sockets;
 pub mod telemetry;
 pub mod xbstream;
 
@@ -37,12 +59,15 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command};
+use crate::errors::usage;
 
-/// Runs one mode to completion; `cancel` is the shutdown signal.
+/// Runs one mode to completion; `cancel` is the shutdown signal. Every flag, and every file
+/// or directory a flag names, is checked before the mode starts: a bad one is a
+/// [`errors::Usage`] error and nothing is done.
 pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
     match cli.command {
-        Command::InitConfig(args) => init_config::run(&args.into_config()?),
-        Command::Clone(args) => clone::run(&args.into_config().await?, &cancel).await,
-        Command::ServeBackup(args) => serve::run(args.into_config().await?, cancel).await,
+        Command::InitConfig(args) => init_config::run(&args.into_config().map_err(usage)?),
+        Command::Clone(args) => clone::run(&args.into_config().map_err(usage)?, &cancel).await,
+        Command::ServeBackup(args) => serve::run(args.into_config().map_err(usage)?, cancel).await,
     }
 }

@@ -3,8 +3,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use mysql_agent::cli::Cli;
-use mysql_agent::telemetry;
+use mysql_agent::{errors, telemetry};
 
+/// How long blocking work may hold the process after a mode has returned.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
@@ -36,10 +37,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let message = format!("{e:#}");
+            let message = errors::report(&e);
             tracing::error!(error = %message, "mysql-agent failed");
             telemetry::write_termination_message(termination_log.as_deref(), &message);
-            ExitCode::FAILURE
+            errors::exit_code(&e)
         }
     }
 }

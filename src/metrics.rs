@@ -27,6 +27,8 @@ pub enum BackupResult {
     Failed,
     /// The client went away, or the agent shut down, mid-stream.
     Aborted,
+    /// The client stopped reading for `--stall-timeout`: it was dropped and the tool killed.
+    Stalled,
 }
 
 /// Why a client got no backup.
@@ -35,6 +37,8 @@ pub enum Refusal {
     Busy,
     NotReady,
     Denied,
+    /// Too many clients were still in the opening exchange: the oldest was dropped.
+    Overload,
 }
 
 /// Label values in Prometheus's lower_snake_case.
@@ -44,6 +48,7 @@ impl EncodeLabelValue for BackupResult {
             BackupResult::Completed => "completed",
             BackupResult::Failed => "failed",
             BackupResult::Aborted => "aborted",
+            BackupResult::Stalled => "stalled",
         })
     }
 }
@@ -54,6 +59,7 @@ impl EncodeLabelValue for Refusal {
             Refusal::Busy => "busy",
             Refusal::NotReady => "not_ready",
             Refusal::Denied => "denied",
+            Refusal::Overload => "overload",
         })
     }
 }
@@ -187,10 +193,16 @@ impl Metrics {
             BackupResult::Completed,
             BackupResult::Failed,
             BackupResult::Aborted,
+            BackupResult::Stalled,
         ] {
             m.backups.get_or_create(&ResultLabels { result }).inc_by(0);
         }
-        for reason in [Refusal::Busy, Refusal::NotReady, Refusal::Denied] {
+        for reason in [
+            Refusal::Busy,
+            Refusal::NotReady,
+            Refusal::Denied,
+            Refusal::Overload,
+        ] {
             m.refusals
                 .get_or_create(&RefusalLabels { reason })
                 .inc_by(0);

@@ -10,17 +10,24 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::mysql::{self, MysqlTarget};
-use crate::replication::{self, ReplicaStatus, ServerVersion};
-use crate::serve::Readiness;
+use crate::replication::{self, ReplicaStatus};
+use crate::server_version::ServerVersion;
 
 /// How often the local mysqld is checked.
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(2);
 /// A check that takes longer counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether set-up has finished: backups may be served and the pod may be ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady(String),
+}
 
 /// What the last check saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +38,49 @@ pub struct Health {
     pub replica: Option<ReplicaStatus>,
 }
 
-/// Whether the pod should receive reads: `Err` carries the reason, for `/readyz`'s body.
+/// Why a pod is not ready, as a class: what `/readyz` tells anyone who can reach it. The
+/// details (mysqld's and replication's error texts, which can name hosts, accounts and
+/// statements) go to the logs only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReadyClass {
+    SettingUp,
+    NotChecked,
+    MysqldDown,
+    ReplicationMissing,
+    ReplicationStopped,
+    LagUnknown,
+    Lagging,
+}
+
+impl NotReadyClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReadyClass::SettingUp => "setting-up",
+            NotReadyClass::NotChecked => "not-checked-yet",
+            NotReadyClass::MysqldDown => "mysqld-down",
+            NotReadyClass::ReplicationMissing => "replication-not-configured",
+            NotReadyClass::ReplicationStopped => "replication-stopped",
+            NotReadyClass::LagUnknown => "replication-lag-unknown",
+            NotReadyClass::Lagging => "replication-lagging",
+        }
+    }
+}
+
+/// A pod that should not receive reads: the class for the network, the detail for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReady {
+    pub class: NotReadyClass,
+    pub detail: String,
+}
+
+fn not_ready(class: NotReadyClass, detail: impl Into<String>) -> NotReady {
+    NotReady {
+        class,
+        detail: detail.into(),
+    }
+}
+
+/// Whether the pod should receive reads.
 ///
 /// Not ready while set-up has not finished (or cannot), while mysqld does not answer, and on
 /// a replica while replication is missing, a thread is stopped, or lag is unknown or above
@@ -41,39 +90,68 @@ pub fn readiness(
     health: Option<&Health>,
     replica: bool,
     max_lag: Duration,
-) -> Result<(), String> {
+) -> Result<(), NotReady> {
+    use NotReadyClass::*;
     if let Readiness::NotReady(reason) = setup {
-        return Err(format!("setting up: {reason}"));
+        return Err(not_ready(SettingUp, format!("setting up: {reason}")));
     }
-    let health = health.ok_or("mysqld has not been checked yet")?;
+    let health = health.ok_or_else(|| not_ready(NotChecked, "mysqld has not been checked yet"))?;
     if let Some(error) = &health.mysqld_error {
-        return Err(format!("mysqld does not answer: {error}"));
+        return Err(not_ready(
+            MysqldDown,
+            format!("mysqld does not answer: {error}"),
+        ));
     }
     if !replica {
         return Ok(());
     }
-    let status = health
-        .replica
-        .as_ref()
-        .ok_or("replication is not configured (SHOW SLAVE STATUS is empty)")?;
+    let status = health.replica.as_ref().ok_or_else(|| {
+        not_ready(
+            ReplicationMissing,
+            "replication is not configured (SHOW SLAVE STATUS is empty)",
+        )
+    })?;
     let thread = |name: &str, state: &str, error: &str| {
         if state == "Yes" {
             Ok(())
         } else if error.is_empty() {
-            Err(format!("the replication {name} thread is {state}"))
+            Err(not_ready(
+                ReplicationStopped,
+                format!("the replication {name} thread is {state}"),
+            ))
         } else {
-            Err(format!("the replication {name} thread is {state}: {error}"))
+            Err(not_ready(
+                ReplicationStopped,
+                format!("the replication {name} thread is {state}: {error}"),
+            ))
         }
     };
     thread("IO", &status.io_running, &status.last_io_error)?;
     thread("SQL", &status.sql_running, &status.last_sql_error)?;
     match status.seconds_behind {
-        None => Err("the replication lag is unknown".into()),
-        Some(lag) if lag > max_lag.as_secs() => Err(format!(
-            "replication lags {lag} s behind the primary (the limit is {} s)",
-            max_lag.as_secs()
+        None => Err(not_ready(LagUnknown, "the replication lag is unknown")),
+        Some(lag) if lag > max_lag.as_secs() => Err(not_ready(
+            Lagging,
+            format!(
+                "replication lags {lag} s behind the primary (the limit is {} s)",
+                max_lag.as_secs()
+            ),
         )),
         Some(_) => Ok(()),
+    }
+}
+
+/// What the monitor needs to judge readiness, besides the checks.
+#[derive(Debug, Clone)]
+pub struct Judge {
+    pub setup: watch::Receiver<Readiness>,
+    pub replica: bool,
+    pub max_lag: Duration,
+}
+
+impl Judge {
+    pub fn verdict(&self, health: Option<&Health>) -> Result<(), NotReady> {
+        readiness(&self.setup.borrow(), health, self.replica, self.max_lag)
     }
 }
 
@@ -81,14 +159,16 @@ pub fn readiness(
 pub async fn run(
     target: MysqlTarget,
     server: ServerVersion,
-    replica: bool,
+    judge: Judge,
     metrics: Arc<Metrics>,
     health: watch::Sender<Option<Health>>,
     cancel: CancellationToken,
 ) {
+    let replica = judge.replica;
     let mut conn: Option<Conn> = None;
     let mut ticks = tokio::time::interval(MONITOR_INTERVAL);
     let mut was_up = None;
+    let mut last_verdict: Option<Result<(), NotReady>> = None;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -123,6 +203,14 @@ pub async fn run(
         }
         debug!(?snapshot, "checked mysqld");
         metrics.observe_replica(up, snapshot.replica.as_ref());
+        let verdict = judge.verdict(Some(&snapshot));
+        if last_verdict.as_ref() != Some(&verdict) {
+            match &verdict {
+                Ok(()) => info!("ready"),
+                Err(e) => warn!(class = e.class.as_str(), reason = %e.detail, "not ready"),
+            }
+            last_verdict = Some(verdict);
+        }
         health.send_replace(Some(snapshot));
     }
     if let Some(conn) = conn {
@@ -233,7 +321,9 @@ mod tests {
                 "lags 61 s behind the primary (the limit is 60 s)",
             ),
         ] {
-            let reason = readiness(&setup, health.as_ref(), replica_pod, LIMIT).unwrap_err();
+            let reason = readiness(&setup, health.as_ref(), replica_pod, LIMIT)
+                .unwrap_err()
+                .detail;
             assert!(reason.contains(needle), "{reason} lacks {needle}");
         }
         assert_eq!(

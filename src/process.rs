@@ -16,6 +16,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+/// How long the rest of a group may take to die after its leader was reaped and the group
+/// SIGKILLed; members reparented to init are reaped by it.
+const GROUP_EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const GROUP_EXIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Lines of stderr kept for the error message when a tool fails.
 const STDERR_TAIL_LINES: usize = 20;
 
@@ -27,15 +32,6 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// The backup tools' success contract: exit status 0 and `completed OK!` on the last
-    /// non-empty stderr line (an exit status alone has been known to lie).
-    pub fn completed_ok(&self) -> bool {
-        self.status.success()
-            && self
-                .last_line()
-                .is_some_and(|l| l.contains(crate::backup_tool::COMPLETED_OK))
-    }
-
     pub fn last_line(&self) -> Option<&str> {
         self.stderr_tail
             .iter()
@@ -115,9 +111,15 @@ impl Supervised {
             .wait()
             .await
             .with_context(|| format!("waiting for {}", self.name))?;
-        // The group is done with once its leader is reaped; helpers it left are killed too.
+        // The group is done with once its leader is reaped; helpers it left are killed too,
+        // and given a moment to be gone (a helper may still hold locks or write files).
         self.signal_group(Signal::SIGKILL);
-        self.pgid = None;
+        if let Some(pgid) = self.pgid.take() {
+            let deadline = tokio::time::Instant::now() + GROUP_EXIT_TIMEOUT;
+            while killpg(pgid, None).is_ok() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(GROUP_EXIT_POLL).await;
+            }
+        }
         let stderr_tail = match self.stderr.take() {
             Some(task) => task.await.unwrap_or_default(),
             None => Vec::new(),
@@ -173,42 +175,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn success_needs_exit_zero_and_completed_ok() {
+    async fn the_end_is_described_with_the_last_stderr_line() {
         let cancel = CancellationToken::new();
-        let ok = run(
-            sh("echo working >&2; echo '[00] completed OK!' >&2"),
-            "t",
-            &cancel,
-        )
-        .await
-        .unwrap();
-        assert!(ok.completed_ok());
-        let lying = run(sh("echo 'error: disk full' >&2"), "t", &cancel)
+        let ok = run(sh("echo working >&2; echo 'all done' >&2"), "t", &cancel)
             .await
             .unwrap();
-        assert!(!lying.completed_ok());
-        assert_eq!(lying.describe(), "exited with status 0: error: disk full");
-        let failed = run(sh("echo 'completed OK!' >&2; exit 3"), "t", &cancel)
+        assert!(ok.status.success());
+        assert_eq!(ok.last_line(), Some("all done"));
+        let failed = run(sh("echo 'error: disk full' >&2; exit 3"), "t", &cancel)
             .await
             .unwrap();
-        assert!(!failed.completed_ok());
-        assert!(failed.describe().starts_with("exited with status 3"));
+        assert_eq!(failed.describe(), "exited with status 3: error: disk full");
+        let silent = run(sh("kill -9 $$"), "t", &cancel).await.unwrap();
+        assert_eq!(
+            silent.describe(),
+            "was killed by signal 9 without writing to stderr"
+        );
     }
 
     #[tokio::test]
     async fn kill_takes_the_whole_group() {
-        let mut child = Supervised::spawn(sh("sleep 300 & echo $! >&2; wait"), "t").unwrap();
-        // Give the shell time to start its grandchild.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let finished = child.kill().await.unwrap();
-        let grandchild: i32 = finished.stderr_tail[0].parse().unwrap();
-        // Signal 0 probes existence: the grandchild must be gone (reaped by init or dead).
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let alive = nix::sys::signal::kill(Pid::from_raw(grandchild), None).is_ok()
-            && !std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ");
-        assert!(!alive, "grandchild {grandchild} survived");
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild");
+        // The shell says when its grandchild runs, by renaming a file into place.
+        let script = format!(
+            "sleep 300 & echo $! > {0}.tmp && mv {0}.tmp {0}; wait",
+            pid_file.display()
+        );
+        let mut child = Supervised::spawn(sh(&script), "t").unwrap();
+        let grandchild: i32 = loop {
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                break text.trim().parse().unwrap();
+            }
+            tokio::task::yield_now().await;
+        };
+        child.kill().await.unwrap();
+        // SIGKILL is delivered asynchronously: the grandchild must be dead (or a zombie
+        // awaiting init) soon after.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let state =
+                std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+            let code = state.rsplit(") ").next().unwrap_or("").chars().next();
+            if matches!(code, None | Some('Z') | Some('X')) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "grandchild {grandchild} survived: {state}"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]

@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::coordinates::{Coordinates, Position};
+use crate::errors::{Interrupted, report};
 use crate::fsutil;
 use crate::mysql::{self, MysqlTarget};
-use crate::retry;
+use crate::retry::{self, Failure};
 use crate::secrets::Password;
+use crate::server_version::{ServerFlavor, ServerVersion};
 
 /// What `MASTER_CONNECT_RETRY` the tutorial used: seconds between the IO thread's reconnects.
 pub const SOURCE_CONNECT_RETRY_SECS: u32 = 10;
@@ -26,111 +28,6 @@ pub const SOURCE_CONNECT_RETRY_SECS: u32 = 10;
 /// they are never applied twice (which would replay or skip transactions). A dotfile: the
 /// backup tools skip it, so it never travels to another pod.
 pub const RECORD_FILE: &str = ".mysql-agent-replication";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerFlavor {
-    MySql,
-    MariaDb,
-}
-
-/// A server's flavor and version, from `SELECT VERSION()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerVersion {
-    pub flavor: ServerFlavor,
-    pub major: u16,
-    pub minor: u16,
-    pub patch: u16,
-}
-
-impl ServerVersion {
-    /// Parses `8.0.36`, `8.4.3-log`, `5.7.44-48-log` (Percona), `10.11.19-MariaDB-0+deb12u1-log`
-    /// and the `5.5.5-` prefix MariaDB shows old clients.
-    pub fn parse(version: &str) -> Result<Self> {
-        let flavor = if version.contains("MariaDB") {
-            ServerFlavor::MariaDb
-        } else {
-            ServerFlavor::MySql
-        };
-        let bare = match flavor {
-            ServerFlavor::MariaDb => version.strip_prefix("5.5.5-").unwrap_or(version),
-            ServerFlavor::MySql => version,
-        };
-        let (major, minor, patch) = version_triple(bare)
-            .with_context(|| format!("unrecognised server version {version:?}"))?;
-        Ok(Self {
-            flavor,
-            major,
-            minor,
-            patch,
-        })
-    }
-
-    fn at_least(&self, major: u16, minor: u16, patch: u16) -> bool {
-        (self.major, self.minor, self.patch) >= (major, minor, patch)
-    }
-
-    fn mysql_at_least(&self, major: u16, minor: u16, patch: u16) -> bool {
-        self.flavor == ServerFlavor::MySql && self.at_least(major, minor, patch)
-    }
-
-    /// MySQL 8.0.22 added the REPLICA verbs; 8.4 removed the SLAVE ones. MariaDB keeps SLAVE.
-    fn replica_verbs(&self) -> bool {
-        self.mysql_at_least(8, 0, 22)
-    }
-
-    /// MySQL 8.0.23 added CHANGE REPLICATION SOURCE TO and SOURCE_* options.
-    fn source_syntax(&self) -> bool {
-        self.mysql_at_least(8, 0, 23)
-    }
-
-    pub fn status_statement(&self) -> &'static str {
-        if self.replica_verbs() {
-            "SHOW REPLICA STATUS"
-        } else {
-            "SHOW SLAVE STATUS"
-        }
-    }
-
-    pub fn start_statement(&self) -> &'static str {
-        if self.replica_verbs() {
-            "START REPLICA"
-        } else {
-            "START SLAVE"
-        }
-    }
-
-    fn stop_statement(&self) -> &'static str {
-        if self.replica_verbs() {
-            "STOP REPLICA"
-        } else {
-            "STOP SLAVE"
-        }
-    }
-}
-
-/// The leading `major.minor.patch` of a version string such as `8.0.35-30` or
-/// `10.11.19-MariaDB-log`.
-pub fn version_triple(version: &str) -> Result<(u16, u16, u16)> {
-    let numbers = version.split(['-', '+', ' ']).next().unwrap_or_default();
-    let mut parts = numbers.split('.').map(str::parse::<u16>);
-    let mut next = || -> Result<u16> {
-        parts
-            .next()
-            .context("too few components")?
-            .context("not a number")
-    };
-    Ok((next()?, next()?, next()?))
-}
-
-impl fmt::Display for ServerVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self.flavor {
-            ServerFlavor::MySql => "MySQL",
-            ServerFlavor::MariaDb => "MariaDB",
-        };
-        write!(f, "{name} {}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
 
 /// The primary as the replica's IO thread should reach it.
 #[derive(Clone)]
@@ -307,10 +204,11 @@ pub async fn account_needs_rsa_key(
         "SELECT plugin FROM mysql.user WHERE user = {}",
         literal(account, no_backslash_escapes)
     );
-    match conn.query::<String, _>(query).await {
-        Ok(plugins) if !plugins.is_empty() => plugins
-            .iter()
-            .any(|p| RSA_KEY_PLUGINS.contains(&p.as_str())),
+    match conn.query::<mysql_async::Row, _>(&query).await {
+        Ok(rows) if !rows.is_empty() => rows.iter().any(|row| {
+            // A NULL or missing plugin is unknown: assume the default, which needs the key.
+            mysql::column_text(row, "plugin").is_none_or(|p| RSA_KEY_PLUGINS.contains(&p.as_str()))
+        }),
         Ok(_) => true,
         Err(e) => {
             warn!(account, error = %e, "cannot read the replication account's plugin; asking for the source's RSA key");
@@ -435,17 +333,18 @@ pub async fn ensure_configured(
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
     let record = data_dir.join(RECORD_FILE);
-    let mut delays = retry::backoff();
-    loop {
-        match configure_once(target, source, coordinates, &record, cancel).await {
-            Ok(outcome) => return Ok(outcome),
-            Err(e) if cancel.is_cancelled() => return Err(e),
-            Err(e) => {
-                let delay = delays.next().unwrap_or(retry::MAX_DELAY);
-                warn!(error = %format_args!("{e:#}"), retry_in = ?delay, "replication setup failed; retrying");
-                retry::sleep(delay, cancel).await?;
-            }
-        }
+    let configured = retry::until_ok("configuring replication", cancel, || {
+        configure_once(target, source, coordinates, &record)
+    })
+    .await;
+    match configured {
+        Ok(outcome) => Ok(outcome),
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => Err(e),
+        // Only a permanent failure ends the retries: say so, and leave replication alone.
+        Err(e) => Ok(Outcome::NotConfigured(format!(
+            "replication setup failed and retrying cannot fix it: {}",
+            report(&e)
+        ))),
     }
 }
 
@@ -454,11 +353,25 @@ async fn configure_once(
     source: &Source,
     coordinates: Option<&Coordinates>,
     record: &Path,
-    cancel: &CancellationToken,
-) -> Result<Outcome> {
-    let mut conn = mysql::connect_with_retry(target, cancel).await?;
-    let server = mysql::server_info(&mut conn).await?;
-    let status = read_status(&mut conn, &server.version).await?;
+) -> Result<Outcome, Failure> {
+    let mut conn = mysql::connect(target).await?;
+    let result = configure_on(&mut conn, target, source, coordinates, record).await;
+    // Closing politely spares the server an "aborted connection" note; failure is harmless.
+    let _ = conn.disconnect().await;
+    result
+}
+
+async fn configure_on(
+    conn: &mut mysql_async::Conn,
+    target: &MysqlTarget,
+    source: &Source,
+    coordinates: Option<&Coordinates>,
+    record: &Path,
+) -> Result<Outcome, Failure> {
+    let server = mysql::server_info(conn)
+        .await
+        .map_err(|f| f.context(format!("identifying mysqld at {target}")))?;
+    let status = read_status(conn, &server.version).await?;
     let recorded = fsutil::exists(record)?;
     let action = decide(
         status.as_ref(),
@@ -467,13 +380,17 @@ async fn configure_once(
         &source.host,
     );
     info!(server = %server.version, ?action, recorded, "replication state read");
-    let outcome = match action {
+    Ok(match action {
         Action::Configure => {
-            let coordinates = coordinates.expect("decide() checked");
+            let Some(coordinates) = coordinates else {
+                return Err(Failure::Permanent(anyhow::anyhow!(
+                    "no coordinates to configure replication from"
+                )));
+            };
             let session = Session {
                 no_backslash_escapes: server.no_backslash_escapes,
                 replication_account_needs_rsa_key: account_needs_rsa_key(
-                    &mut conn,
+                    conn,
                     &server.version,
                     &source.user,
                     server.no_backslash_escapes,
@@ -481,7 +398,8 @@ async fn configure_once(
                 .await,
             };
             let statements =
-                setup_statements(&server.version, &coordinates.position, source, &session)?;
+                setup_statements(&server.version, &coordinates.position, source, &session)
+                    .map_err(Failure::Permanent)?;
             for statement in &statements {
                 match statement.step {
                     Step::Change => crate::crash_point!("replication-before-change"),
@@ -491,7 +409,7 @@ async fn configure_once(
                 info!(step = ?statement.step, %statement, "configuring replication");
                 conn.query_drop(&statement.sql)
                     .await
-                    .with_context(|| format!("running {statement}"))?;
+                    .map_err(|e| mysql::classify(e, &format!("running {statement} on {target}")))?;
             }
             crate::crash_point!("replication-before-record");
             write_record(
@@ -509,7 +427,7 @@ async fn configure_once(
             );
             conn.query_drop(start)
                 .await
-                .with_context(|| format!("running {start}"))?;
+                .map_err(|e| mysql::classify(e, &format!("running {start} on {target}")))?;
             write_record(record, "threads started after an interrupted setup")?;
             Outcome::Configured
         }
@@ -530,10 +448,7 @@ async fn configure_once(
         Action::NoCoordinates => Outcome::NotConfigured(
             "the data dir holds no clone coordinates and the server is not a replica".into(),
         ),
-    };
-    // Closing politely spares the server an "aborted connection" note; failure is harmless.
-    let _ = conn.disconnect().await;
-    Ok(outcome)
+    })
 }
 
 fn write_record(path: &Path, what: &str) -> Result<()> {
@@ -582,25 +497,6 @@ mod tests {
             file: "mysql-bin.000003".into(),
             pos: 1234,
         }
-    }
-
-    #[test]
-    fn parses_versions() {
-        assert_eq!(
-            v("10.11.19-MariaDB-0+deb12u1-log"),
-            ServerVersion {
-                flavor: ServerFlavor::MariaDb,
-                major: 10,
-                minor: 11,
-                patch: 19
-            }
-        );
-        assert_eq!(v("5.5.5-10.6.12-MariaDB").major, 10);
-        let percona = v("5.7.44-48-log");
-        assert_eq!((percona.flavor, percona.minor), (ServerFlavor::MySql, 7));
-        assert_eq!(v("8.4.3").to_string(), "MySQL 8.4.3");
-        assert!(ServerVersion::parse("banana").is_err());
-        assert!(ServerVersion::parse("8.0").is_err());
     }
 
     #[test]

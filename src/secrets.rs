@@ -1,14 +1,17 @@
 //! Secrets read from files (Kubernetes Secret mounts): MySQL passwords and the backup secret.
 //!
-//! They never reach a log line or a command line: `Debug` prints `<redacted>`, and the backup
-//! tool receives its password through a 0600 options file that lives as long as the tool.
+//! They never reach a log line, a command line or a disk: `Debug` prints `<redacted>`, and the
+//! backup tool receives its password through an options file in memory (see
+//! [`ClientOptions`]).
 
 use std::fmt;
 use std::io::Write;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
-use tempfile::NamedTempFile;
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::stat::{Mode, fchmod};
 
 /// A backup secret shorter than this is refused: it must resist guessing.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -112,31 +115,38 @@ pub fn option_value(value: &str) -> String {
     out
 }
 
-/// Client credentials in a 0600 options file under $TMPDIR, deleted when dropped. Both tools
-/// read `[client]`; XtraBackup also `[xtrabackup]`, so both groups carry them.
-pub struct ClientOptionsFile {
-    file: NamedTempFile,
+/// Client credentials for a child process in an options file that exists only in memory: a
+/// memfd, which the child inherits and opens as `/dev/fd/N`. Nothing reaches a disk, and no
+/// signal can leave the file behind: it goes when the last process holding it does.
+///
+/// The descriptor is inherited by every child spawned while this value lives (close-on-exec
+/// is off, so no `pre_exec` hook is needed); the agent spawns only backup tools meanwhile,
+/// which get the same credentials.
+pub struct ClientOptions {
+    fd: OwnedFd,
 }
 
-impl ClientOptionsFile {
-    pub fn create(user: &str, password: &Password) -> Result<Self> {
-        let mut file = tempfile::Builder::new()
-            .prefix("mysql-agent-")
-            .suffix(".cnf")
-            .tempfile()
-            .context("creating the backup tool's options file")?;
+impl ClientOptions {
+    /// Both tools read `[client]`; XtraBackup also `[xtrabackup]`, so both groups carry them.
+    pub fn new(user: &str, password: &Password) -> Result<Self> {
+        let fd = memfd_create(c"mysql-agent-client-options", MFdFlags::empty())
+            .context("creating the backup tool's in-memory options file")?;
+        // MySQL's option-file reader ignores a world-writable file; a memfd starts at 0777.
+        fchmod(&fd, Mode::S_IRUSR | Mode::S_IWUSR)
+            .context("restricting the backup tool's options file")?;
         let (user, password) = (option_value(user), option_value(password.expose()));
         let body = format!(
             "[client]\nuser={user}\npassword={password}\n[xtrabackup]\nuser={user}\npassword={password}\n"
         );
+        let mut file = std::fs::File::from(fd);
         file.write_all(body.as_bytes())
-            .and_then(|()| file.flush())
             .context("writing the backup tool's options file")?;
-        Ok(Self { file })
+        Ok(Self { fd: file.into() })
     }
 
-    pub fn path(&self) -> &Path {
-        self.file.path()
+    /// The path a child process opens it by.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/fd/{}", self.fd.as_raw_fd()))
     }
 }
 
@@ -203,17 +213,25 @@ mod tests {
     }
 
     #[test]
-    fn options_file_is_private_and_removed() {
-        let file = ClientOptionsFile::create("backup", &Password::new("s3cret")).unwrap();
-        let path = file.path().to_owned();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let text = std::fs::read_to_string(&path).unwrap();
+    fn options_live_in_memory_only_and_read_back() {
+        let options = ClientOptions::new("backup", &Password::new("s3cret")).unwrap();
+        let path = options.path();
+        assert!(path.starts_with("/dev/fd"), "{}", path.display());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Opened by path twice, as the tools do: each open reads from the start.
+        for _ in 0..2 {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("[client]\nuser=\"backup\"\npassword=\"s3cret\"\n"),
+                "{text}"
+            );
+        }
+        let target = std::fs::read_link(&path).unwrap();
         assert!(
-            text.starts_with("[client]\nuser=\"backup\"\npassword=\"s3cret\"\n"),
-            "{text}"
+            target.to_string_lossy().starts_with("/memfd:"),
+            "{}",
+            target.display()
         );
-        drop(file);
-        assert!(!path.exists());
     }
 }

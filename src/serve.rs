@@ -4,46 +4,59 @@
 //! The listener opens at once, but a replica answers NOT-READY until its replication is
 //! configured: a backup taken before that would carry no coordinates, and the peer cloning
 //! it could never replicate. With a backup secret, a client first proves it knows the secret
-//! (see [`crate::protocol::Message`]); until then it learns nothing, not even readiness.
+//! (see [`crate::protocol::handshake`]); until then it learns nothing, not even readiness.
+//!
+//! No client can hold the sidecar: at most [`MAX_PENDING_CLIENTS`] may be in the opening
+//! exchange at once (the oldest is dropped for a new one), each within the handshake's own
+//! timeout, and a client that stops reading a backup for `--stall-timeout` is dropped with
+//! its backup tool, freeing the slot.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::accounts::{self, Account, Role};
 use crate::backup_tool::{self, BackupTool};
-use crate::coordinates;
+use crate::errors::{self, report};
 use crate::fsutil;
-use crate::handoff;
+use crate::handoff::{self, SendState};
 use crate::http::{self, HttpState};
+use crate::metadata::BackupMetadata;
 use crate::metrics::{self, BackupResult, Metrics};
-use crate::monitor::{self, Health};
+use crate::monitor::{self, Health, Judge, Readiness};
 use crate::mysql::{self, MysqlTarget, ServerInfo};
 use crate::pod::PodIdentity;
 use crate::process::Supervised;
 use crate::progress::{self, Sample};
-use crate::protocol::{self, Message, StreamInfo, StreamStatus};
+use crate::protocol::handshake::{self, LINE_WRITE_TIMEOUT};
+use crate::protocol::{Message, Rejection, StreamInfo, StreamStatus};
 use crate::replication::{self, Outcome, Source};
 use crate::retry;
-use crate::secrets::{BackupSecret, ClientOptionsFile};
+use crate::secrets::{BackupSecret, ClientOptions};
+use crate::sockets;
 
-/// How long a refusal line or a final status may take to send before the client is dropped.
-const SHORT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight backups get to wind down after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
+/// Clients in the opening exchange at once (challenge unanswered, or waiting for their
+/// refusal line to be read); past this the oldest is dropped for the newest.
+pub const MAX_PENDING_CLIENTS: usize = 64;
+/// The default of `--stall-timeout`: a client that accepts no byte for this long is dropped.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -60,10 +73,13 @@ pub struct Config {
     pub create_accounts: bool,
     /// Serve only clients that prove they know it; `None` is the tutorial's open port.
     pub secret: Option<BackupSecret>,
-    pub tool: BackupTool,
+    /// `--backup-tool`, or `None` to search PATH.
+    pub tool: Option<PathBuf>,
     pub max_backups: usize,
     /// The backup tool's --parallel.
     pub backup_threads: u32,
+    /// A client that takes no byte for this long is dropped, its tool killed.
+    pub stall_timeout: Duration,
     /// Where /healthz, /readyz and /metrics are served.
     pub http_listen: SocketAddr,
     /// A replica lagging more than this is not ready.
@@ -71,29 +87,39 @@ pub struct Config {
     pub progress_interval: Duration,
 }
 
-/// Whether backups may be served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
-    Ready,
-    NotReady(String),
-}
-
 /// What every connection handler shares.
 pub struct Server {
     config: Config,
+    tool: BackupTool,
     slots: Arc<Semaphore>,
     readiness: watch::Receiver<Readiness>,
     metrics: Arc<Metrics>,
 }
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
+    let tool = BackupTool::locate(config.tool.as_deref())
+        .await
+        .map_err(errors::usage)?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("listening for backup clients on {}", config.listen))?;
+        .with_context(|| {
+            format!(
+                "listening for backup clients on {} (see --listen)",
+                config.listen
+            )
+        })
+        .map_err(errors::usage)?;
     let http_listener = TcpListener::bind(config.http_listen)
         .await
-        .with_context(|| format!("listening for HTTP on {}", config.http_listen))?;
-    info!(listen = %listener.local_addr()?, tool = %config.tool, "serving backups");
+        .with_context(|| {
+            format!(
+                "listening for HTTP on {} (see --http-listen)",
+                config.http_listen
+            )
+        })
+        .map_err(errors::usage)?;
+    raise_descriptor_limit();
+    info!(listen = %listener.local_addr()?, tool = %tool, "serving backups");
     if config.secret.is_none() {
         warn!(
             listen = %config.listen,
@@ -105,11 +131,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let (ready_tx, readiness) =
         watch::channel(Readiness::NotReady("waiting for the local mysqld".into()));
     let (health_tx, health) = watch::channel(None);
+    let judge = Judge {
+        setup: readiness.clone(),
+        replica: !config.pod.is_primary(),
+        max_lag: config.max_replication_lag,
+    };
     // Serving stops at SIGTERM, or when set-up finds this pod can never serve.
     let serving = cancel.child_token();
     let setup = tokio::spawn(
         set_up(
             config.clone(),
+            tool.clone(),
+            judge.clone(),
             ready_tx,
             health_tx,
             Arc::clone(&metrics),
@@ -117,23 +150,27 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         )
         .instrument(info_span!("setup")),
     );
-    let http_state = Arc::new(HttpState {
+    let app = http::router(Arc::new(HttpState {
         metrics: Arc::clone(&metrics),
-        setup: readiness.clone(),
         health,
-        replica: !config.pod.is_primary(),
-        max_lag: config.max_replication_lag,
-    });
-    let http = tokio::spawn(http::serve(http_listener, http_state, serving.clone()));
+        judge,
+    }));
+    let http = tokio::spawn(http::serve(
+        http_listener,
+        app,
+        http::Limits::default(),
+        serving.clone(),
+    ));
     let server = Arc::new(Server {
         slots: Arc::new(Semaphore::new(config.max_backups)),
         config,
+        tool,
         readiness,
         metrics,
     });
     serve(listener, server, serving).await;
-    match tokio::time::timeout(SHORT_WRITE_TIMEOUT, http).await {
-        Ok(Ok(Err(e))) => warn!(error = %format_args!("{e:#}"), "the HTTP endpoint failed"),
+    match tokio::time::timeout(http::CONNECTION_TIMEOUT, http).await {
+        Ok(Ok(Err(e))) => warn!(error = %report(&e), "the HTTP endpoint failed"),
         Ok(_) => {}
         Err(_) => warn!("the HTTP endpoint did not stop in time"),
     }
@@ -146,11 +183,27 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     }
 }
 
+/// The sidecar holds sockets for clients, probes and mysqld; a container's soft limit of
+/// 1024 descriptors is far below what the kernel allows it, so take the hard limit.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-files limit"),
+            Err(e) => warn!(soft, hard, error = %e, "could not raise the open-files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not read the open-files limit"),
+    }
+}
+
 /// Identifies the local server, refuses a backup tool that cannot handle it, then makes the
 /// pod ready: at once on the primary, once replication is configured on a replica. Returns
 /// an error only for what no retry can fix, after stopping `serving`.
 async fn set_up(
     config: Config,
+    tool: BackupTool,
+    judge: Judge,
     ready: watch::Sender<Readiness>,
     health: watch::Sender<Option<Health>>,
     metrics: Arc<Metrics>,
@@ -160,26 +213,41 @@ async fn set_up(
     let coordinates = if config.pod.is_primary() {
         Ok(None)
     } else {
-        coordinates::read_from_dir(&config.data_dir).map_err(|e| format!("{e:#}"))
+        BackupMetadata::read(&config.data_dir)
+            .and_then(|meta| meta.coordinates())
+            .map_err(|e| report(&e))
     };
     if let Err(reason) = &coordinates {
         error!(%reason, "replication cannot be configured; backups will be refused");
         let _ = ready.send(Readiness::NotReady(reason.clone()));
     }
-    let Ok(server) = mysql::identify_with_retry(&config.mysql, &serving).await else {
-        return Ok(()); // cancelled
+    let server = match mysql::identify_with_retry(&config.mysql, &serving).await {
+        Ok(server) => server,
+        Err(e) if serving.is_cancelled() => {
+            info!(error = %report(&e), "stopped before mysqld answered");
+            return Ok(());
+        }
+        Err(e) => {
+            // The server answered, and what it said makes no sense: no retry will change it.
+            error!(error = %report(&e), "cannot identify the local mysqld; backups will be refused");
+            let _ = ready.send(Readiness::NotReady(format!(
+                "cannot identify the local mysqld: {}",
+                report(&e)
+            )));
+            return Ok(());
+        }
     };
-    if let Err(e) = backup_tool::check_compatible(&config.tool, &server.version) {
-        error!(error = %e, "this pod cannot serve backups");
+    if let Err(e) = backup_tool::check_compatible(&tool, &server.version) {
+        error!(error = %report(&e), "this pod cannot serve backups");
         serving.cancel();
         return Err(e);
     }
-    info!(server = %server.version, tool = %config.tool, "the backup tool matches the server");
+    info!(server = %server.version, tool = %tool, "the backup tool matches the server");
     tokio::spawn(
         monitor::run(
             config.mysql.clone(),
             server.version,
-            !config.pod.is_primary(),
+            judge,
             Arc::clone(&metrics),
             health,
             serving.clone(),
@@ -196,9 +264,7 @@ async fn set_up(
         let _ = ready.send(Readiness::Ready);
         return Ok(());
     }
-    let _ = ready.send(Readiness::NotReady(
-        "replication is not configured yet".into(),
-    ));
+    let _ = ready.send(Readiness::NotReady("replication is being set up".into()));
     match replication::ensure_configured(
         &config.mysql,
         &config.source,
@@ -217,14 +283,19 @@ async fn set_up(
             error!(%reason, "replication is not configured; backups will be refused");
             let _ = ready.send(Readiness::NotReady(reason));
         }
-        Err(e) => info!(error = %format_args!("{e:#}"), "replication setup interrupted"),
+        Err(e) => info!(error = %report(&e), "replication setup interrupted"),
     }
     Ok(())
 }
 
+/// The clients still in the opening exchange, oldest first, each with the token that drops it.
+type Pending = Arc<Mutex<VecDeque<(u64, CancellationToken)>>>;
+
 /// Accepts clients until `cancel`, then gives in-flight backups [`SHUTDOWN_GRACE`] to end.
 pub async fn serve(listener: TcpListener, server: Arc<Server>, cancel: CancellationToken) {
     let tracker = TaskTracker::new();
+    let pending: Pending = Arc::default();
+    let mut next_id = 0u64;
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => break,
@@ -232,10 +303,32 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, cancel: Cancellat
         };
         match accepted {
             Ok((socket, peer)) => {
-                let (server, cancel) = (Arc::clone(&server), cancel.clone());
+                let id = next_id;
+                next_id = next_id.wrapping_add(1);
+                let dropped = cancel.child_token();
+                {
+                    let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    while pending.len() >= MAX_PENDING_CLIENTS {
+                        if let Some((_, oldest)) = pending.pop_front() {
+                            oldest.cancel();
+                            server.metrics.refused(metrics::Refusal::Overload);
+                        }
+                    }
+                    pending.push_back((id, dropped.clone()));
+                }
+                let (server, cancel, pending) =
+                    (Arc::clone(&server), cancel.clone(), Arc::clone(&pending));
                 tracker.spawn(
-                    async move { handle(socket, &server, &cancel).await }
-                        .instrument(info_span!("backup", %peer)),
+                    async move {
+                        handle(socket, &server, &cancel, &dropped, || {
+                            pending
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .retain(|(other, _)| *other != id);
+                        })
+                        .await;
+                    }
+                    .instrument(info_span!("backup", %peer)),
                 );
             }
             Err(e) => {
@@ -265,122 +358,80 @@ async fn create_accounts(config: &Config, server: &ServerInfo, cancel: &Cancella
         (&replication, Role::Replication),
         (&config.backup_account, Role::Backup),
     ];
-    let mut delays = retry::backoff();
-    loop {
-        let created: Result<()> = async {
-            let mut conn = mysql::connect_with_retry(&config.mysql, cancel).await?;
-            for (account, role) in wanted {
-                if account.user != config.mysql.user {
-                    accounts::ensure(
-                        &mut conn,
-                        &server.version,
-                        server.no_backslash_escapes,
-                        account,
-                        role,
-                    )
-                    .await?;
-                }
-            }
-            let _ = conn.disconnect().await;
-            Ok(())
-        }
-        .await;
-        match created {
-            Ok(()) => return,
-            Err(_) if cancel.is_cancelled() => return,
-            Err(e) => {
-                let delay = delays.next().unwrap_or(retry::MAX_DELAY);
-                warn!(error = %format_args!("{e:#}"), retry_in = ?delay, "creating accounts failed; retrying");
-                if retry::sleep(delay, cancel).await.is_err() {
-                    return;
+    let created = retry::until_ok("creating accounts", cancel, || async {
+        let mut conn = mysql::connect(&config.mysql).await?;
+        let mut result = Ok(());
+        for (account, role) in wanted {
+            if account.user != config.mysql.user {
+                result = accounts::ensure(
+                    &mut conn,
+                    &server.version,
+                    server.no_backslash_escapes,
+                    account,
+                    role,
+                )
+                .await
+                .map_err(|f| f.context(format!("on {}", config.mysql)));
+                if result.is_err() {
+                    break;
                 }
             }
         }
-    }
-}
-
-/// How long a client has to answer the challenge.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Challenges the client; `Err` says why it failed, for the log (the client learns only that
-/// it was denied).
-async fn authenticate(socket: &mut TcpStream, secret: &BackupSecret) -> Result<()> {
-    let server_nonce = protocol::nonce()?;
-    socket
-        .write_all(Message::Challenge(server_nonce).to_line().as_bytes())
-        .await
-        .context("sending the challenge")?;
-    let line = tokio::time::timeout(AUTH_TIMEOUT, read_line(socket))
-        .await
-        .context("no answer to the challenge in time")??;
-    let Message::Auth { nonce, mac } = Message::parse(&line).context("a garbled answer")? else {
-        anyhow::bail!("an answer that is not an authentication");
-    };
-    if !protocol::client_proof_is_valid(secret, &server_nonce, &nonce, &mac) {
-        anyhow::bail!("a proof that does not match the secret (a wrong secret, or a replay)");
-    }
-    let proof = Message::Proof(protocol::server_proof(secret, &server_nonce, &nonce));
-    socket
-        .write_all(proof.to_line().as_bytes())
-        .await
-        .context("sending the proof")
-}
-
-/// One line from the client, without its newline, at most [`protocol::MAX_LINE_LEN`] bytes.
-/// Byte by byte: nothing may be read past it, and a handshake line is short.
-async fn read_line(socket: &mut TcpStream) -> Result<String> {
-    let mut line = Vec::new();
-    loop {
-        let byte = socket
-            .read_u8()
-            .await
-            .context("reading the client's answer")?;
-        if byte == b'\n' {
-            return String::from_utf8(line).context("an answer that is not text");
-        }
-        anyhow::ensure!(
-            line.len() < protocol::MAX_LINE_LEN,
-            "an answer too long to be one"
-        );
-        line.push(byte);
-    }
-}
-
-async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationToken) {
-    if let Some(secret) = &server.config.secret
-        && let Err(e) = authenticate(&mut socket, secret).await
+        let _ = conn.disconnect().await;
+        result
+    })
+    .await;
+    if let Err(e) = created
+        && !cancel.is_cancelled()
     {
-        warn!(reason = %format_args!("{e:#}"), "refused a client that did not prove it knows the backup secret");
-        server.metrics.refused(metrics::Refusal::Denied);
-        let denied = Message::Denied("authentication failed".into()).to_line();
-        let _ =
-            tokio::time::timeout(SHORT_WRITE_TIMEOUT, socket.write_all(denied.as_bytes())).await;
-        return;
+        error!(error = %report(&e), "the accounts could not be created, and retrying cannot fix it");
     }
-    let refusal = match &*server.readiness.borrow() {
-        Readiness::NotReady(reason) => Some(Message::NotReady(reason.clone())),
-        Readiness::Ready => None,
-    };
-    let permit = match refusal {
-        Some(refusal) => Err(refusal),
-        None => Arc::clone(&server.slots).try_acquire_owned().map_err(|_| {
+}
+
+/// One client: the opening exchange (its end, `admitted`, removes the client from the
+/// pending list), then the backup.
+async fn handle(
+    mut socket: TcpStream,
+    server: &Server,
+    cancel: &CancellationToken,
+    dropped: &CancellationToken,
+    admitted: impl FnOnce(),
+) {
+    if let Err(e) = sockets::tune(&socket) {
+        warn!(error = %report(&e), "cannot tune the client's socket");
+    }
+    let admit = || {
+        if let Readiness::NotReady(reason) = &*server.readiness.borrow() {
+            return Err(Message::NotReady(reason.clone()));
+        }
+        Arc::clone(&server.slots).try_acquire_owned().map_err(|_| {
             Message::Busy(format!(
                 "already serving {} backup(s); retry later",
                 server.config.max_backups
             ))
-        }),
+        })
     };
-    let _permit = match permit {
+    let opened = tokio::select! {
+        opened = handshake::server_open(&mut socket, server.config.secret.as_ref(), admit) => opened,
+        () = dropped.cancelled() => {
+            info!("dropped a client still in the opening exchange to make room");
+            return;
+        }
+    };
+    admitted();
+    let _permit = match opened {
         Ok(permit) => permit,
-        Err(refusal) => {
+        Err(Rejection::Denied(e)) => {
+            warn!(reason = %report(&e), "refused a client that did not prove it knows the backup secret");
+            server.metrics.refused(metrics::Refusal::Denied);
+            return;
+        }
+        Err(Rejection::Refused(refusal)) => {
             info!(%refusal, "refusing a backup client");
             server.metrics.refused(match refusal {
                 Message::Busy(_) => metrics::Refusal::Busy,
                 _ => metrics::Refusal::NotReady,
             });
-            let line = refusal.to_line();
-            let _ =
-                tokio::time::timeout(SHORT_WRITE_TIMEOUT, socket.write_all(line.as_bytes())).await;
             return;
         }
     };
@@ -389,9 +440,9 @@ async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationTok
     let metrics = &server.metrics;
     metrics.backups_in_progress.inc();
     let result = match stream_backup(&mut socket, server, cancel).await {
-        Ok(status) => {
+        Ok(Streamed::Finished(status)) => {
             let chunks = status.to_chunks();
-            let sent = tokio::time::timeout(SHORT_WRITE_TIMEOUT, async {
+            let sent = tokio::time::timeout(LINE_WRITE_TIMEOUT, async {
                 socket.write_all(&chunks).await?;
                 socket.shutdown().await
             })
@@ -412,8 +463,15 @@ async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationTok
                 }
             }
         }
+        Ok(Streamed::Stalled(stall)) => {
+            warn!(
+                stalled_for = ?stall,
+                "the client accepted no byte for --stall-timeout; dropped it and killed its backup tool"
+            );
+            BackupResult::Stalled
+        }
         Err(e) => {
-            warn!(error = %format_args!("{e:#}"), "backup aborted");
+            warn!(error = %report(&e), "backup aborted");
             BackupResult::Aborted
         }
     };
@@ -421,14 +479,22 @@ async fn handle(mut socket: TcpStream, server: &Server, cancel: &CancellationTok
     metrics.backup_ended(result, started.elapsed());
 }
 
-/// Sends the stream info, then runs the backup tool with its stdout copied to the client,
-/// with progress lines. Returns the status to append, or an error when the client is gone or
-/// the agent is shutting down (the tool is then killed with its process group).
+/// How a backup's stream ended, short of an error.
+enum Streamed {
+    /// The tool exited; the status to append.
+    Finished(StreamStatus),
+    /// The client stopped reading for this long; the tool was killed.
+    Stalled(Duration),
+}
+
+/// Sends the stream info, then runs the backup tool with its stdout on the client's socket,
+/// with progress lines. An error when the client is gone or the agent is shutting down (the
+/// tool is then killed with its process group).
 async fn stream_backup(
     socket: &mut TcpStream,
     server: &Server,
     cancel: &CancellationToken,
-) -> Result<StreamStatus> {
+) -> Result<Streamed> {
     let config = &server.config;
     // What to expect, first: the data dir's size, for the receiver's progress lines.
     let data_dir = config.data_dir.clone();
@@ -436,16 +502,16 @@ async fn stream_backup(
         .await
         .unwrap_or_default();
     let info = StreamInfo { estimated_bytes }.to_chunks();
-    socket
-        .write_all(&info)
+    tokio::time::timeout(config.stall_timeout, socket.write_all(&info))
         .await
+        .map_err(|_| anyhow::anyhow!("the client took nothing for {:?}", config.stall_timeout))?
         .context("sending to the client")?;
     let sent = Arc::new(AtomicU64::new(info.len() as u64));
     server.metrics.stream_bytes.inc_by(info.len() as u64);
     let reporter = tokio::spawn(progress::report(
         "streaming",
         config.progress_interval,
-        Instant::now(),
+        std::time::Instant::now(),
         {
             let sent = Arc::clone(&sent);
             move || Sample {
@@ -460,6 +526,37 @@ async fn stream_backup(
     result
 }
 
+/// The stall rule on the serving side, apart from any clock: the client must acknowledge
+/// new bytes within `window` whenever bytes are waiting for it. Nothing waiting (the tool is
+/// between files, or holding its locks) is the tool's pace, not the client's.
+#[derive(Debug, Clone, Copy)]
+pub struct SendWatch {
+    window: Duration,
+    acked: u64,
+    since: Instant,
+}
+
+impl SendWatch {
+    pub fn new(window: Duration, now: Instant, acked: u64) -> Self {
+        Self {
+            window,
+            acked,
+            since: now,
+        }
+    }
+
+    /// `Some(how long)` once the client has stalled.
+    pub fn observe(&mut self, now: Instant, state: &SendState) -> Option<Duration> {
+        if state.acked != self.acked || state.drained {
+            self.acked = state.acked;
+            self.since = now;
+            return None;
+        }
+        let stalled = now.saturating_duration_since(self.since);
+        (stalled >= self.window).then_some(stalled)
+    }
+}
+
 /// The backup tool, writing into the client socket itself (see [`handoff`]); see
 /// [`stream_backup`].
 async fn stream_tool_output(
@@ -467,20 +564,19 @@ async fn stream_tool_output(
     server: &Server,
     cancel: &CancellationToken,
     sent: &Arc<AtomicU64>,
-) -> Result<StreamStatus> {
+) -> Result<Streamed> {
     let config = &server.config;
-    // Lives until the tool is done: its password never touches the tool's command line.
-    let options =
-        ClientOptionsFile::create(&config.backup_account.user, &config.backup_account.password)?;
-    let mut command = config.tool.backup_command(
+    // Lives until the tool has started: its password never touches a disk or a command line.
+    let options = ClientOptions::new(&config.backup_account.user, &config.backup_account.password)?;
+    let mut command = server.tool.backup_command(
         &config.data_dir,
         &config.mysql,
-        options.path(),
+        &options.path(),
         config.backup_threads,
     );
     // What the agent wrote so far is acknowledged before the tool starts, so the count
     // after it exits minus this one is the tool's output.
-    let baseline = handoff::drained(socket.as_fd(), handoff::DRAIN_TIMEOUT, cancel).await?;
+    let baseline = handoff::drained(socket.as_fd(), config.stall_timeout, cancel).await?;
     let blocking = handoff::BlockingGuard::new(socket.as_fd())?;
     let tool_end = socket
         .as_fd()
@@ -489,47 +585,104 @@ async fn stream_tool_output(
     command.stdout(std::process::Stdio::from(tool_end));
     // Spawning consumes the command and with it the agent's copy of the tool's descriptor.
     let mut child = Supervised::spawn(command, "backup")?;
+    drop(options);
     let mut counted = 0u64;
     let mut count = |acked: u64| {
         let delivered = acked.saturating_sub(baseline);
-        server.metrics.stream_bytes.inc_by(delivered - counted);
-        sent.fetch_add(delivered - counted, Ordering::Relaxed);
+        let new = delivered.saturating_sub(counted);
+        server.metrics.stream_bytes.inc_by(new);
+        sent.fetch_add(new, Ordering::Relaxed);
         counted = delivered;
     };
+    let mut watch = SendWatch::new(config.stall_timeout, Instant::now(), baseline);
     let mut tick = tokio::time::interval(handoff::POLL_TICK);
+    enum End {
+        Exited(crate::process::Finished),
+        Stalled(Duration),
+        Cancelled,
+    }
     // One wait future for the whole run: dropping it half-way could lose the tool's stderr.
-    let finished = {
+    let end = {
         let wait = child.wait();
         tokio::pin!(wait);
         loop {
             tokio::select! {
-                finished = &mut wait => break Some(finished?),
+                finished = &mut wait => break End::Exited(finished?),
                 _ = tick.tick() => {
                     if let Ok(state) = handoff::send_state(socket.as_fd()) {
                         count(state.acked);
+                        if let Some(stalled) = watch.observe(Instant::now(), &state) {
+                            break End::Stalled(stalled);
+                        }
                     }
                 }
-                () = cancel.cancelled() => break None,
+                () = cancel.cancelled() => break End::Cancelled,
             }
         }
     };
-    let Some(finished) = finished else {
-        let finished = child.kill().await?;
-        bail!(
-            "the agent is shutting down; backup tool killed ({})",
-            finished.describe()
-        );
+    let finished = match end {
+        End::Exited(finished) => finished,
+        End::Stalled(stalled) => {
+            child.kill().await?;
+            return Ok(Streamed::Stalled(stalled));
+        }
+        End::Cancelled => {
+            let finished = child.kill().await?;
+            bail!(
+                "the agent is shutting down; backup tool killed ({})",
+                finished.describe()
+            );
+        }
     };
-    let acked = handoff::drained(socket.as_fd(), handoff::DRAIN_TIMEOUT, cancel)
+    let acked = handoff::drained(socket.as_fd(), config.stall_timeout, cancel)
         .await
         .with_context(|| format!("the backup tool {}", finished.describe()))?;
     count(acked);
     drop(blocking);
-    let failure = (!finished.completed_ok())
-        .then(|| format!("{} {}", config.tool.path.display(), finished.describe()));
-    Ok(StreamStatus {
+    let failure = (!backup_tool::completed_ok(&finished))
+        .then(|| format!("{} {}", server.tool.path.display(), finished.describe()));
+    Ok(Streamed::Finished(StreamStatus {
         failure,
         stream_bytes: sent.load(Ordering::Relaxed),
-        tool: config.tool.to_string(),
-    })
+        tool: server.tool.to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(acked: u64, drained: bool) -> SendState {
+        SendState {
+            acked,
+            drained,
+            peer_gone: false,
+        }
+    }
+
+    /// A client that stops acknowledging while bytes wait is stalled after the window; one
+    /// that keeps up, or that is merely waiting for the tool, is not.
+    #[tokio::test(start_paused = true)]
+    async fn the_serving_stall_rule() {
+        let window = Duration::from_secs(60);
+        let mut watch = SendWatch::new(window, Instant::now(), 100);
+        for step in 1..=10u64 {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            assert_eq!(
+                watch.observe(Instant::now(), &state(100 + step, false)),
+                None
+            );
+        }
+        // The tool is busy (nothing queued): no stall however long.
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(watch.observe(Instant::now(), &state(110, true)), None);
+        // Bytes wait and the client takes none of them.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(watch.observe(Instant::now(), &state(110, false)), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            watch.observe(Instant::now(), &state(110, false)),
+            Some(window)
+        );
+    }
 }

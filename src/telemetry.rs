@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines are written: `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Kubernetes mounts this file in every container and reads it when the container dies.
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";

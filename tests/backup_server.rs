@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{eventually, read, spec};
 use mysql_agent::protocol::{INFO_ENTRY, LINE_PREFIX, STATUS_ENTRY};
-use mysql_agent::xbstream::{self, Extractor, Flavor};
+use mysql_agent::xbstream::{self, Decoder, Flavor};
 use mysql_agent_harness::{BACKUP_PORT, Cluster, run_to_end};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -123,11 +123,14 @@ async fn the_native_extractor_matches_mbstream_on_a_real_stream() {
     let by_agent = work.path().join("agent");
     std::fs::create_dir(&by_agent).unwrap();
     let bytes = std::fs::read(&stream).unwrap();
-    let summary = Extractor::new(&by_agent, Flavor::MariaDb)
-        .with_header(INFO_ENTRY)
-        .with_trailer(STATUS_ENTRY)
-        .extract(&bytes[..])
-        .unwrap();
+    let summary = xbstream::extract(
+        Decoder::new(Flavor::MariaDb)
+            .with_header(INFO_ENTRY)
+            .with_trailer(STATUS_ENTRY),
+        &by_agent,
+        &bytes[..],
+    )
+    .unwrap();
 
     let mut expected = tree(&by_mbstream);
     // mbstream writes the agent's info and status entries as files; the agent keeps them.

@@ -183,7 +183,7 @@ fn bad_pod_names_fail_clearly_and_write_nothing() {
             "--conf-dir",
             &conf,
         ]);
-        assert_eq!(out.status.code(), Some(1), "{name:?}");
+        assert_eq!(out.status.code(), Some(2), "{name:?}");
         let err = stderr(&out);
         assert!(err.contains(needle), "{name:?}: {err}");
         assert!(
@@ -281,11 +281,11 @@ fn clone_on_the_primary_or_into_a_missing_dir() {
         "--data-dir",
         missing.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
     assert!(
-        stderr(&out).contains("missing does not exist"),
-        "{}",
-        stderr(&out)
+        err.contains(&format!("--data-dir {}", missing.display())) && err.contains("No such file"),
+        "{err}"
     );
 }
 
@@ -324,6 +324,248 @@ fn clone_waits_for_donors_then_gives_up_with_the_reasons() {
     assert!(started.elapsed() < Duration::from_secs(60));
     // Only the in-progress marker is left, which the next run cleans up.
     let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [mysql_agent::clone::IN_PROGRESS_MARKER]);
+}
+
+/// A child that a failing test does not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the agent with `args` and expects a usage error (exit 2) mentioning every needle,
+/// promptly (nothing waited for), with nothing written into `dir`.
+fn refused(args: &[String], needles: &[&str], dir: &Path) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let before: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let out = agent(&args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{args:?} lacks {needle:?}: {err}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{args:?} waited"
+    );
+    let after: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "{args:?} wrote something");
+}
+
+/// Bad input is refused before any work, with an error naming the flag and the culprit, exit
+/// code 2, and nothing written.
+#[test]
+fn bad_input_is_refused_before_any_work() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let path = |name: &str| root.path().join(name).display().to_string();
+    fs::write(path("a-file"), "x").unwrap();
+    fs::write(path("short-secret"), "tooshort").unwrap();
+    let data_s = data.display().to_string();
+    let args = |base: &[&str], extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let clone = |extra: &[&str]| {
+        args(
+            &["clone", "--pod-name", "mysql-1", "--data-dir", &data_s],
+            extra,
+        )
+    };
+    let sidecar = |extra: &[&str]| {
+        args(
+            &[
+                "serve-backup",
+                "--pod-name",
+                "mysql-1",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--mysql-port",
+                "1",
+            ],
+            extra,
+        )
+    };
+    // A malformed donor is a usage error, not thirty minutes of retries.
+    refused(
+        &clone(&["--donor", "bad host:port:x"]),
+        &["donor \"bad host:port:x\"", "more than one ':'"],
+        &data,
+    );
+    refused(
+        &clone(&["--donor", "mysql-1.mysql:0"]),
+        &["not a port number"],
+        &data,
+    );
+    refused(
+        &clone(&["--backup-secret-file", &path("missing")]),
+        &["--backup-secret-file", "missing", "No such file"],
+        &data,
+    );
+    // serve-backup checks its data dir before waiting for mysqld (port 1 never answers).
+    refused(
+        &sidecar(&["--data-dir", &path("a-file")]),
+        &["--data-dir", "a-file", "not a directory"],
+        &data,
+    );
+    refused(
+        &sidecar(&["--data-dir", &path("missing")]),
+        &["--data-dir", "missing"],
+        &data,
+    );
+    refused(
+        &sidecar(&[
+            "--data-dir",
+            &data_s,
+            "--mysql-password-file",
+            &path("missing"),
+        ]),
+        &["--mysql-password-file", "missing", "No such file"],
+        &data,
+    );
+    refused(
+        &sidecar(&[
+            "--data-dir",
+            &data_s,
+            "--backup-tool",
+            "/nonexistent/xtrabackup",
+        ]),
+        &["/nonexistent/xtrabackup", "--backup-tool"],
+        &data,
+    );
+    refused(
+        &sidecar(&[
+            "--data-dir",
+            &data_s,
+            "--backup-secret-file",
+            &path("short-secret"),
+        ]),
+        &["--backup-secret-file", "at least 16"],
+        &data,
+    );
+    refused(
+        &args(
+            &[
+                "init-config",
+                "--pod-name",
+                "mysql-0",
+                "--config-map-dir",
+                &data_s,
+            ],
+            &["--conf-dir", &path("missing")],
+        ),
+        &["--conf-dir", "missing"],
+        &data,
+    );
+}
+
+/// An error chain reads once: the driver's "Input/output error: Input/output error: …" is
+/// not repeated; and a sidecar waiting for mysqld still exits 0 on SIGTERM.
+#[test]
+fn errors_are_reported_once_and_sigterm_stops_the_sidecar() {
+    let root = tempfile::tempdir().unwrap();
+    let log_path = root.path().join("sidecar.log");
+    let mut child = KillOnDrop(
+        Command::new(AGENT)
+            .args([
+                "serve-backup",
+                "--pod-name",
+                "mysql-0",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--mysql-port",
+                "1",
+                "--backup-tool",
+                "mariadb-backup",
+                "--data-dir",
+            ])
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("waiting for mysqld") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "never waited for mysqld: {log}");
+        std::thread::yield_now();
+    };
+    common::sigterm(child.0.id());
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("waiting for mysqld"))
+        .unwrap();
+    assert!(line.contains("Connection refused"), "{line}");
+    for repeated in [
+        "Input/output error: Input/output error",
+        "Connection refused (os error 111): Connection refused",
+    ] {
+        assert!(!line.contains(repeated), "{line}");
+    }
+}
+
+/// SIGTERM stops a clone that is waiting for donors: exit 143, as documented, with only its
+/// in-progress marker left for the next run to clean up.
+#[test]
+fn sigterm_interrupts_a_clone_with_exit_143() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("clone.log");
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let mut child = KillOnDrop(
+        Command::new(AGENT)
+            .args([
+                "clone",
+                "--pod-name",
+                "mysql-1",
+                "--donor",
+                "127.0.0.1:1",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("retrying the donors")
+    {
+        assert!(Instant::now() < deadline, "the clone never waited");
+        std::thread::yield_now();
+    }
+    common::sigterm(child.0.id());
+    let status = child.0.wait().unwrap();
+    let log = fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status.code(), Some(143), "{log}");
+    assert!(log.contains("interrupted by a shutdown signal"), "{log}");
+    let left: Vec<_> = fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();

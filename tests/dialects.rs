@@ -13,7 +13,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::fake_mysql::FakeMysql;
+use common::fake_mysql::{FakeMysql, Quirk};
 use common::{AGENT, sigterm};
 use tokio::process::Command;
 
@@ -63,6 +63,23 @@ struct Sidecar {
 /// Runs a replica's serve-backup against `fake` until replication is configured (or the
 /// agent exits), then SIGTERMs it.
 async fn run_sidecar(fake: &FakeMysql, data: &Path, tool: &Path) -> Sidecar {
+    run_sidecar_until(
+        fake,
+        data,
+        tool,
+        &["replication is configured", "replication is not configured"],
+    )
+    .await
+}
+
+/// Runs a replica's serve-backup against `fake` until its log holds one of `needles` (or the
+/// agent exits), then SIGTERMs it.
+async fn run_sidecar_until(
+    fake: &FakeMysql,
+    data: &Path,
+    tool: &Path,
+    needles: &[&str],
+) -> Sidecar {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let log_path = data.parent().unwrap().join(format!("sidecar-{run}.log"));
@@ -98,9 +115,7 @@ async fn run_sidecar(fake: &FakeMysql, data: &Path, tool: &Path) -> Sidecar {
             break status;
         }
         let text = fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("replication is configured")
-            || text.contains("replication is not configured")
-        {
+        if needles.iter().any(|n| text.contains(n)) {
             sigterm(child.id().unwrap());
             break tokio::time::timeout(Duration::from_secs(10), child.wait())
                 .await
@@ -478,4 +493,89 @@ async fn a_backup_tool_that_cannot_handle_the_server_is_refused_at_start_up() {
             fake.changes()
         );
     }
+}
+
+/// A server that answers NULL where text is expected: a clear error in the log, never a
+/// panic (the driver's row conversion would abort the sidecar), and SIGTERM still exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_answering_null_is_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let (name, text) = binlog_file();
+    fs::write(data.join(name), text).unwrap();
+    let tool = fake_xtrabackup(dir.path(), "8.0.36-28", "8.0.36");
+
+    let fake = FakeMysql::start_with("8.0.36", SHA2, Quirk::Nulls).await;
+    let sidecar =
+        run_sidecar_until(&fake, &data, &tool, &["cannot identify the local mysqld"]).await;
+    assert!(
+        sidecar.status.success(),
+        "exit {}: {}",
+        sidecar.status,
+        sidecar.log
+    );
+    assert!(
+        sidecar
+            .log
+            .contains("running SELECT VERSION(), @@SESSION.sql_mode")
+            && sidecar.log.contains("answered NULL for VERSION()"),
+        "{}",
+        sidecar.log
+    );
+    assert!(!sidecar.log.contains("panicked"), "{}", sidecar.log);
+
+    // The version answers, every other column is NULL (the account's plugin, the status
+    // row once replication runs): replication is still set up, assuming the default plugin.
+    let fake = FakeMysql::start_with("8.0.36", SHA2, Quirk::NullsButVersion).await;
+    let data = dir.path().join("data2");
+    fs::create_dir(&data).unwrap();
+    let (name, text) = binlog_file();
+    fs::write(data.join(name), text).unwrap();
+    let sidecar = run_sidecar_until(
+        &fake,
+        &data,
+        &tool,
+        &["replication is configured", "replication is not configured"],
+    )
+    .await;
+    assert!(
+        sidecar.status.success(),
+        "exit {}: {}",
+        sidecar.status,
+        sidecar.log
+    );
+    assert!(!sidecar.log.contains("panicked"), "{}", sidecar.log);
+    let change = fake
+        .changes()
+        .into_iter()
+        .find(|s| s.starts_with("CHANGE"))
+        .unwrap();
+    assert!(change.contains("GET_SOURCE_PUBLIC_KEY=1"), "{change}");
+}
+
+/// A statement the server will never accept (a syntax error) is not retried forever: one
+/// attempt, a clear message, and the pod stays up refusing backups.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_the_server_will_never_parse_is_tried_once() {
+    let fake = FakeMysql::start_with("8.0.36", SHA2, Quirk::RejectChange).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let (name, text) = binlog_gtid();
+    fs::write(data.join(name), text).unwrap();
+    let tool = fake_xtrabackup(dir.path(), "8.0.36-28", "8.0.36");
+    let sidecar = run_sidecar(&fake, &data, &tool).await;
+    assert!(
+        sidecar.status.success(),
+        "exit {}: {}",
+        sidecar.status,
+        sidecar.log
+    );
+    assert!(
+        sidecar.log.contains("retrying cannot fix it") && sidecar.log.contains("1064"),
+        "{}",
+        sidecar.log
+    );
+    assert_eq!(fake.rejected().len(), 1, "{:?}", fake.rejected());
 }

@@ -8,9 +8,10 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use mysql_agent::coordinates::{self, Position};
-use mysql_agent::replication::ServerVersion;
-use mysql_agent::xbstream::{Chunk, Extractor, Flavor, WRITER_CHUNK_SIZE, encode_file};
+use mysql_agent::coordinates::Position;
+use mysql_agent::metadata::{self, BackupMetadata};
+use mysql_agent::server_version::ServerVersion;
+use mysql_agent::xbstream::{self, Chunk, Decoder, Flavor, WRITER_CHUNK_SIZE, encode_file};
 
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metadata")
@@ -19,7 +20,8 @@ fn fixtures() -> std::path::PathBuf {
 /// What the agent reads from one fixture directory, as `key = value` pairs.
 fn read_as_the_agent_does(dir: &Path) -> BTreeMap<String, String> {
     let mut seen = BTreeMap::new();
-    match coordinates::read_from_dir(dir).unwrap() {
+    let meta = BackupMetadata::read(dir).unwrap();
+    match meta.coordinates().unwrap() {
         None => {
             seen.insert("coordinates".into(), "none".into());
         }
@@ -33,11 +35,8 @@ fn read_as_the_agent_does(dir: &Path) -> BTreeMap<String, String> {
             seen.insert("position".into(), position);
         }
     }
-    if let Some((_, text)) =
-        coordinates::read_optional(dir, &coordinates::CHECKPOINTS_FILES).unwrap()
-    {
-        let backup_type = coordinates::parse_backup_type(&text).unwrap();
-        let prepared = if coordinates::is_prepared(&backup_type) {
+    if let Some(backup_type) = meta.backup_type().unwrap() {
+        let prepared = if metadata::is_prepared(&backup_type) {
             "yes"
         } else {
             "no"
@@ -45,9 +44,7 @@ fn read_as_the_agent_does(dir: &Path) -> BTreeMap<String, String> {
         seen.insert("prepared".into(), prepared.into());
         seen.insert("backup_type".into(), backup_type);
     }
-    if let Some((_, text)) = coordinates::read_optional(dir, &coordinates::INFO_FILES).unwrap()
-        && let Some(version) = coordinates::field(&text, "server_version")
-    {
+    if let Some(version) = meta.info_field("server_version") {
         seen.insert(
             "server_version".into(),
             ServerVersion::parse(&version).unwrap().to_string(),
@@ -200,9 +197,8 @@ fn xtrabackup_streams_extract_byte_for_byte() {
     encode_file("xtrabackup_tablespaces", b"", &mut stream);
 
     let dir = tempfile::tempdir().unwrap();
-    let summary = Extractor::new(dir.path(), Flavor::XtraBackup)
-        .extract(&stream[..])
-        .unwrap();
+    let summary =
+        xbstream::extract(Decoder::new(Flavor::XtraBackup), dir.path(), &stream[..]).unwrap();
     assert_eq!(summary.files, 5);
     assert_eq!(fs::read(dir.path().join("ibdata1")).unwrap(), ibdata);
     assert_eq!(fs::read(dir.path().join("db/a.ibd")).unwrap(), expected_a);
@@ -247,9 +243,39 @@ fn the_same_sparse_bytes_are_refused_as_a_mariadb_stream() {
     let mut stream = Vec::new();
     sparse_chunks("db/a.ibd", &pages, 2, &mut stream);
     let dir = tempfile::tempdir().unwrap();
-    assert!(
-        Extractor::new(dir.path(), Flavor::MariaDb)
-            .extract(&stream[..])
-            .is_err()
-    );
+    assert!(xbstream::extract(Decoder::new(Flavor::MariaDb), dir.path(), &stream[..]).is_err());
+}
+
+/// Every seed of the decoder's fuzz target (fuzz/seeds/xbstream_decode: real streams, and
+/// the hostile ones the adversarial run found) goes through the decoder without a panic; the
+/// overflow seeds are refused.
+#[test]
+fn every_decoder_fuzz_seed_decodes_or_fails_cleanly() {
+    use mysql_agent::protocol::{INFO_ENTRY, STATUS_ENTRY, stream_limit};
+    use mysql_agent::xbstream::MemorySink;
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/xbstream_decode");
+    let mut seen = 0;
+    for entry in fs::read_dir(&seeds).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = fs::read(&path).unwrap();
+        let Some((&selector, stream)) = bytes.split_first() else {
+            continue;
+        };
+        let flavor = if selector & 1 == 0 {
+            Flavor::MariaDb
+        } else {
+            Flavor::XtraBackup
+        };
+        let result = Decoder::new(flavor)
+            .with_header(INFO_ENTRY)
+            .with_trailer(STATUS_ENTRY)
+            .with_limit_from_header(stream_limit)
+            .decode(stream, &mut MemorySink::all(64 << 20));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("overflow-") {
+            assert!(result.is_err(), "{name} was accepted");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 9, "only {seen} seeds");
 }

@@ -259,17 +259,28 @@ async fn no_password_on_a_command_line_or_in_a_log() {
             .any(|a| a.starts_with("--password") || (a.starts_with("-p") && a.len() > 2)),
         "the backup tool was given a password argument: {args:?}"
     );
+    // The options file is the tool's own descriptor onto memory: nothing on a disk.
+    let fd = options_file
+        .strip_prefix("/dev/fd/")
+        .unwrap_or_else(|| panic!("the options file is not a descriptor: {options_file}"));
+    let through = format!("/proc/{tool}/fd/{fd}");
+    let target = fs::read_link(&through).unwrap();
+    assert!(
+        target.to_string_lossy().starts_with("/memfd:"),
+        "the options file is {}",
+        target.display()
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
-        fs::metadata(&options_file).unwrap().permissions().mode() & 0o777,
+        fs::metadata(&through).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert!(read(Path::new(&options_file)).contains(&format!("user=\"{BACKUP_USER}\"")));
+    assert!(read(Path::new(&through)).contains(&format!("user=\"{BACKUP_USER}\"")));
     drain(&mut reader, usize::MAX).await;
     eventually(
         Duration::from_secs(10),
         "the options file to be removed",
-        || !Path::new(&options_file).exists(),
+        || !Path::new(&through).exists(),
     )
     .await;
 
@@ -357,4 +368,72 @@ async fn no_password_on_a_command_line_or_in_a_log() {
             );
         }
     }
+}
+
+/// A sidecar SIGKILLed while its backup tool runs leaves no file holding a password in its
+/// TMPDIR: the tool's credentials live in memory only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_killed_mid_backup_leaves_no_password_behind() {
+    let mut cluster = Cluster::create(secured_spec("sec3", 23)).await.unwrap();
+    let credentials = cluster.credentials().unwrap().clone();
+    cluster.scale_to(1).await.unwrap();
+    common::fill(cluster.primary(), 64).await;
+    let tmpdir = cluster.spec().root.join("sidecar-tmp");
+    fs::create_dir_all(&tmpdir).unwrap();
+    let primary = cluster.pod_mut(0);
+    assert!(primary.stop_sidecar().await.unwrap().success());
+    primary
+        .agent_env
+        .push(("TMPDIR".into(), tmpdir.display().to_string()));
+    primary.start_sidecar(&[]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::http_get(&cluster.primary().http_addr(), "/readyz")
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the primary never became ready");
+        tokio::task::yield_now().await;
+    }
+
+    // A client that proves the secret, takes a little of the stream and then holds it.
+    let secret = BackupSecret::new(credentials.backup_secret.clone().into_bytes()).unwrap();
+    let socket = TcpStream::connect(cluster.primary().backup_addr())
+        .await
+        .unwrap();
+    let mut reader = BufReader::new(socket);
+    let mut challenge = String::new();
+    reader.read_line(&mut challenge).await.unwrap();
+    let Message::Challenge(nonce) = Message::parse(challenge.trim_end()).unwrap() else {
+        panic!("{challenge}")
+    };
+    let auth = proof_with(&secret)(&nonce);
+    reader.get_mut().write_all(auth.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 4096];
+    reader.read_exact(&mut first).await.unwrap();
+    let data_dir = cluster.primary().data_dir();
+    eventually(Duration::from_secs(10), "the backup tool to run", || {
+        !common::backup_tool_pids(&data_dir).is_empty()
+    })
+    .await;
+    let tools = common::backup_tool_pids(&data_dir);
+    cluster.pod_mut(0).kill_sidecar().await.unwrap();
+    drop(reader);
+    for pid in tools {
+        common::sigkill(pid as u32);
+    }
+
+    let mut files = Vec::new();
+    files_under(&tmpdir, &mut files);
+    for file in &files {
+        let bytes = fs::read(file).unwrap_or_default();
+        for value in credentials.values() {
+            assert!(
+                !contains(&bytes, value.as_bytes()),
+                "{} holds a secret after the sidecar was killed",
+                file.display()
+            );
+        }
+    }
+    cluster.stop().await.unwrap();
 }

@@ -1,20 +1,29 @@
 //! The xbstream archive format written by `xtrabackup --stream` and `mariadb-backup --stream`.
 //!
 //! A stream is a bare concatenation of chunks with no header or trailer, so a stream cut at a
-//! chunk boundary looks complete to `xbstream -x`; the extractor here checks what the format
-//! cannot (see [`extract`]). Layouts and the two incompatible flavors are described in
+//! chunk boundary looks complete to `xbstream -x`; the decoder here checks what the format
+//! cannot (see [`Decoder`]), and hands files to a [`Sink`]: a directory ([`DirSink`]) or memory
+//! ([`MemorySink`]). Layouts and the two incompatible flavors are described in
 //! `shared/reference/formats.md` §1.
 
-pub mod extract;
+mod decode;
+mod dir;
+mod memory;
 mod write;
 
 use std::ffi::OsStr;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail, ensure};
 
-pub use extract::{Extractor, Progress, Summary, Trailer};
+pub use decode::{
+    Decoder, MAX_ENTRY_LEN, MAX_IGNORED_BYTES, MAX_OPEN_FILES, Payload, Progress, Sink, Summary,
+    Trailer,
+};
+pub use dir::DirSink;
+pub use memory::MemorySink;
 
 pub const MAGIC: &[u8; 8] = b"XBSTCK01";
 /// magic(8) + flags(1) + type(1) + path length(4).
@@ -48,6 +57,12 @@ pub const TYPE_RENAME: u8 = b'R';
 pub enum Flavor {
     XtraBackup,
     MariaDb,
+}
+
+/// Decodes `reader` with `decoder` into the directory `target`, which must exist.
+pub fn extract(decoder: Decoder, target: &Path, reader: impl Read) -> Result<Summary> {
+    let mut sink = DirSink::new(target)?;
+    decoder.decode(reader, &mut sink)
 }
 
 /// Turns a path from the stream into a relative path that cannot leave the target directory.

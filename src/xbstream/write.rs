@@ -206,7 +206,7 @@ impl Writers {
     }
 
     /// Waits for every write and stops the threads; the first failure, if any.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(&mut self) -> Result<()> {
         self.stop()?;
         self.check()
     }
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn pieces_land_at_their_offsets_through_either_path() {
         let dir = tempfile::tempdir().unwrap();
-        let writers = Writers::new().unwrap();
+        let mut writers = Writers::new().unwrap();
         let mut expected = Vec::new();
         for (name, direct) in [("direct", true), ("buffered", false)] {
             let file = create(dir.path(), name, direct);

@@ -22,8 +22,22 @@ struct Replication {
     running: bool,
 }
 
+/// How the fake misbehaves, for the tests of what a broken or hostile server may answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quirk {
+    #[default]
+    None,
+    /// Every column of every answer is NULL.
+    Nulls,
+    /// VERSION() and sql_mode answer; every other column is NULL.
+    NullsButVersion,
+    /// CHANGE statements fail with ERROR 1064, as a syntax error would.
+    RejectChange,
+}
+
 #[derive(Debug)]
 struct State {
+    quirk: Quirk,
     version: String,
     triple: (u16, u16, u16),
     /// `mysql.user.plugin` of every account.
@@ -43,12 +57,18 @@ pub struct FakeMysql {
 impl FakeMysql {
     /// Starts a fake announcing `version`, whose accounts use `plugin`.
     pub async fn start(version: &str, plugin: &str) -> Self {
+        Self::start_with(version, plugin, Quirk::None).await
+    }
+
+    /// Starts a fake that misbehaves as `quirk` says.
+    pub async fn start_with(version: &str, plugin: &str, quirk: Quirk) -> Self {
         let numbers: Vec<u16> = version
             .split(['-', '.'])
             .take(3)
             .map(|n| n.parse().unwrap())
             .collect();
         let state = Arc::new(Mutex::new(State {
+            quirk,
             version: version.to_owned(),
             triple: (numbers[0], numbers[1], numbers[2]),
             plugin: plugin.to_owned(),
@@ -162,8 +182,33 @@ struct Shim {
 type ResultSet = (Vec<String>, Vec<Vec<Option<String>>>);
 
 impl Shim {
-    /// The answer to one query: rows (column names, values) or OK.
+    /// The answer to one query, as the quirk twists it.
     fn answer(&self, sql: &str) -> Result<Option<ResultSet>, &'static str> {
+        let quirk = self.state.lock().unwrap().quirk;
+        let upper = sql.to_uppercase();
+        if quirk == Quirk::RejectChange && upper.starts_with("CHANGE") {
+            let mut state = self.state.lock().unwrap();
+            state.statements.push(sql.to_owned());
+            state.rejected.push(sql.to_owned());
+            return Err("the fake rejects every CHANGE statement");
+        }
+        let answer = self.honest_answer(sql)?;
+        let nulls = match quirk {
+            Quirk::Nulls => true,
+            Quirk::NullsButVersion => !upper.starts_with("SELECT VERSION()"),
+            _ => false,
+        };
+        Ok(match answer {
+            Some((names, rows)) if nulls => {
+                let width = names.len();
+                Some((names, vec![vec![None; width]; rows.len()]))
+            }
+            other => other,
+        })
+    }
+
+    /// The answer to one query: rows (column names, values) or OK.
+    fn honest_answer(&self, sql: &str) -> Result<Option<ResultSet>, &'static str> {
         let mut state = self.state.lock().unwrap();
         state.statements.push(sql.to_owned());
         if let Some(why) = syntax_error(state.triple, sql) {
@@ -185,6 +230,9 @@ impl Shim {
         }
         if upper.starts_with("SELECT PLUGIN FROM MYSQL.USER") {
             return row(&["plugin"], vec![Some(state.plugin.clone())]);
+        }
+        if upper.starts_with("SELECT COUNT(*) FROM MYSQL.USER") {
+            return row(&["COUNT(*)"], vec![Some("0".into())]);
         }
         if upper.starts_with("SELECT @@") {
             // The driver's own settings probe: answer each variable with a plausible value.

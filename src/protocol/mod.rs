@@ -7,20 +7,28 @@
 //! - a refusal line instead of a stream when the server cannot serve now
 //!   (`MYSQL-AGENT/1 BUSY …` or `MYSQL-AGENT/1 NOT-READY …`), which `xbstream -x` rejects as
 //!   a bad magic and the agent's clone retries;
-//! - with a backup secret, a challenge-response before anything else (see [`Message`]): then
-//!   an ncat client gets a challenge line and no byte of backup;
+//! - with a backup secret, a challenge-response before anything else (see [`Message`] and
+//!   [`handshake`]): then an ncat client gets a challenge line and no byte of backup;
+//! - before the tool's stream, one small xbstream file, [`INFO_ENTRY`], with the size to
+//!   expect (see [`entries`]);
 //! - after the tool's stream, one more xbstream file, [`STATUS_ENTRY`], saying whether the tool
 //!   completed and how many bytes preceded the entry. The format has no trailer of its own,
 //!   so without this a stream cut at a chunk boundary would look complete.
 
+pub mod entries;
+pub mod handshake;
+
 use std::fmt;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::keyvalue::one_line;
 use crate::secrets::BackupSecret;
-use crate::xbstream;
+
+pub use entries::{StreamInfo, StreamStatus, stream_limit};
+pub use handshake::{OpenError, Rejection, client_open, server_open};
 
 /// The tutorial's backup port.
 pub const DEFAULT_PORT: u16 = 3307;
@@ -181,115 +189,10 @@ pub fn server_proof_is_valid(
         .is_ok()
 }
 
-/// What the server announces before the backup tool's stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamInfo {
-    /// The donor's data dir size: what the stream will roughly carry.
-    pub estimated_bytes: u64,
-}
-
-impl StreamInfo {
-    pub fn to_text(&self) -> String {
-        format!("estimated_bytes = {}\n", self.estimated_bytes)
-    }
-
-    /// The entry as xbstream chunks, to send before the tool's stream.
-    pub fn to_chunks(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        xbstream::encode_file(INFO_ENTRY, self.to_text().as_bytes(), &mut out);
-        out
-    }
-
-    pub fn parse(text: &[u8]) -> Result<Self> {
-        let text = std::str::from_utf8(text).context("the stream info entry is not text")?;
-        let estimated_bytes = crate::coordinates::field(text, "estimated_bytes")
-            .context("the stream info entry has no estimated_bytes")?
-            .parse()
-            .context("estimated_bytes is not a number")?;
-        Ok(Self { estimated_bytes })
-    }
-}
-
-/// The verdict the server appends once the backup tool has exited.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamStatus {
-    /// `None` when the tool exited 0 and reported `completed OK!`; else why not.
-    pub failure: Option<String>,
-    /// Bytes of the tool's stream sent before this entry.
-    pub stream_bytes: u64,
-    /// The tool and version that produced the stream, for the receiver's logs.
-    pub tool: String,
-}
-
-const COMPLETED: &str = "completed";
-const FAILED: &str = "failed";
-
-impl StreamStatus {
-    /// The entry's file content: `key = value` lines, like the tools' own metadata files.
-    pub fn to_text(&self) -> String {
-        let mut text = match &self.failure {
-            None => format!("status = {COMPLETED}\n"),
-            Some(reason) => format!("status = {FAILED}\nreason = {}\n", one_line(reason)),
-        };
-        text.push_str(&format!("stream_bytes = {}\n", self.stream_bytes));
-        text.push_str(&format!("tool = {}\n", one_line(&self.tool)));
-        text
-    }
-
-    /// The entry as xbstream chunks, ready to append to the stream.
-    pub fn to_chunks(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        xbstream::encode_file(STATUS_ENTRY, self.to_text().as_bytes(), &mut out);
-        out
-    }
-
-    pub fn parse(text: &[u8]) -> Result<Self> {
-        let text = std::str::from_utf8(text).context("the end-of-stream entry is not text")?;
-        let field = |key: &str| {
-            text.lines()
-                .filter_map(|l| l.split_once('='))
-                .find(|(k, _)| k.trim() == key)
-                .map(|(_, v)| v.trim().to_owned())
-        };
-        let status = field("status").context("the end-of-stream entry has no status")?;
-        let failure = match status.as_str() {
-            COMPLETED => None,
-            FAILED => Some(field("reason").unwrap_or_else(|| "no reason given".into())),
-            other => bail!("unknown status {other:?} in the end-of-stream entry"),
-        };
-        let stream_bytes = field("stream_bytes")
-            .context("the end-of-stream entry has no stream_bytes")?
-            .parse()
-            .context("stream_bytes is not a number")?;
-        Ok(Self {
-            failure,
-            stream_bytes,
-            tool: field("tool").unwrap_or_default(),
-        })
-    }
-
-    /// Checks the entry against what arrived: the tool completed and no byte went missing.
-    pub fn verify(&self, received_before_entry: u64) -> Result<()> {
-        if let Some(reason) = &self.failure {
-            bail!("the donor reports that its backup failed: {reason}");
-        }
-        ensure!(
-            self.stream_bytes == received_before_entry,
-            "the donor sent {} bytes of backup but {received_before_entry} arrived",
-            self.stream_bytes
-        );
-        Ok(())
-    }
-}
-
-fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xbstream::{Extractor, Flavor};
+    use crate::xbstream;
 
     #[test]
     fn lines_round_trip_and_are_not_xbstream() {
@@ -352,44 +255,5 @@ mod tests {
             &server_side
         ));
         assert_eq!(proof.len(), 32);
-    }
-
-    #[test]
-    fn status_entry_round_trips_through_an_extraction() {
-        let status = StreamStatus {
-            failure: None,
-            stream_bytes: 12345,
-            tool: "mariadb-backup 10.11.19-MariaDB".into(),
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let summary = Extractor::new(dir.path(), Flavor::MariaDb)
-            .with_trailer(STATUS_ENTRY)
-            .extract(&status.to_chunks()[..])
-            .unwrap();
-        let trailer = summary.trailer.unwrap();
-        assert_eq!(StreamStatus::parse(&trailer.contents).unwrap(), status);
-        status.verify(12345).unwrap();
-        let short = status.verify(12000).unwrap_err().to_string();
-        assert!(
-            short.contains("12345 bytes") && short.contains("12000 arrived"),
-            "{short}"
-        );
-    }
-
-    #[test]
-    fn failed_status_carries_its_reason() {
-        let status = StreamStatus {
-            failure: Some("mariadb-backup exited with status 1:\nAccess denied".into()),
-            stream_bytes: 10,
-            tool: "t".into(),
-        };
-        let parsed = StreamStatus::parse(status.to_text().as_bytes()).unwrap();
-        let err = parsed.verify(10).unwrap_err().to_string();
-        assert!(
-            err.contains("backup failed: mariadb-backup exited with status 1: Access denied"),
-            "{err}"
-        );
-        assert!(StreamStatus::parse(b"status = maybe\nstream_bytes = 1\n").is_err());
-        assert!(StreamStatus::parse(b"status = completed\n").is_err());
     }
 }

@@ -1,15 +1,19 @@
-//! Native extraction of an xbstream into a directory, with the checks `xbstream -x` and
-//! `mbstream -x` skip: every chunk's CRC, every file closed by its EOF chunk, paths confined to
-//! the target, and an optional end-of-stream entry that must come last.
+//! Decoding an xbstream: bytes in, file operations out (to a [`Sink`]), with the checks
+//! `xbstream -x` and `mbstream -x` skip: every chunk's CRC, every file closed by its EOF
+//! chunk, paths confined, sizes and offsets bounded, and optional opening and end-of-stream
+//! entries held in memory.
 //!
-//! It is synchronous on purpose: it runs on a blocking thread fed by a socket with a read
-//! timeout, and hands payloads to writer threads through a fixed pool of buffers
-//! ([`super::write`]), so memory does not grow with the stream.
+//! The decoder touches no file system: the sink decides what a file is (a directory writer
+//! for a clone, memory for metadata and tests), so the same checks guard a peer's stream and
+//! a stored backup, and the decoder can be fuzzed alone.
+//!
+//! Every size and offset read from the stream is checked before it is used: arithmetic here
+//! never overflows, and a hostile stream ends in an error, never a panic or an allocation it
+//! chose.
+#![deny(clippy::arithmetic_side_effects)]
 
-use std::collections::{HashMap, HashSet};
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::collections::HashMap;
 use std::io::{self, BufReader, ErrorKind, Read};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,7 +21,6 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use tokio_util::sync::CancellationToken;
 
-use super::write::{OutFile, PIECE_LEN, Writers};
 use super::{
     FLAG_IGNORABLE, FLAG_MARIADB_REWRITE, Flavor, MAGIC, MAX_PATH_LEN, MAX_PAYLOAD_LEN, PREFIX_LEN,
     TYPE_EOF, TYPE_PAYLOAD, TYPE_REMOVE, TYPE_RENAME, TYPE_SPARSE_OR_SEEK, sanitize_path,
@@ -27,12 +30,18 @@ use super::{
 const READ_AHEAD_LEN: usize = 256 * 1024;
 /// A sparse chunk of 10 MiB has at most a few thousand holes; a larger map is corrupt.
 const MAX_SPARSE_ENTRIES: u32 = 1 << 20;
-/// The end-of-stream entry is a few lines of text.
-const MAX_TRAILER_LEN: usize = 64 * 1024;
-const FILE_MODE: u32 = 0o640;
-const DIR_MODE: u32 = 0o750;
+/// The opening and end-of-stream entries are a few lines of text.
+pub const MAX_ENTRY_LEN: usize = 64 * 1024;
+/// Files open at once. The tools interleave as many files as they copy in parallel (a few,
+/// at most dozens); more is a hostile stream holding descriptors and memory.
+pub const MAX_OPEN_FILES: usize = 1024;
+/// Payload of unknown chunk types marked ignorable, over the whole stream. Real backups
+/// carry none; without a bound a donor could stream them forever and write nothing.
+pub const MAX_IGNORED_BYTES: u64 = 64 << 20;
+/// The largest file offset a write may reach (what `pwrite` takes).
+const MAX_FILE_OFFSET: u64 = i64::MAX as u64;
 
-/// Counters another thread can read while extraction runs (for progress lines).
+/// Counters another thread can read while decoding runs (for progress lines).
 #[derive(Debug, Default)]
 pub struct Progress {
     bytes: AtomicU64,
@@ -55,7 +64,7 @@ impl Progress {
     }
 }
 
-/// The end-of-stream entry, held in memory rather than extracted.
+/// The end-of-stream entry, held in memory rather than handed to the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trailer {
     /// Bytes of stream that preceded the entry's first chunk.
@@ -73,35 +82,95 @@ pub struct Summary {
     pub trailer: Option<Trailer>,
 }
 
-pub struct Extractor {
-    target: PathBuf,
+/// Where decoded files go. Calls for one file come in order: `create`, then `write`s (with
+/// `seek` before any that may overlap earlier bytes), then `close`; `remove` and `rename` only
+/// name closed files.
+pub trait Sink {
+    /// A file's first chunk arrived: create it empty. Without `rewrite`, a file that already
+    /// exists is an error (sent twice); with it (MariaDB's fresh copy after concurrent DDL),
+    /// it is truncated.
+    fn create(&mut self, path: &Path, rewrite: bool) -> Result<()>;
+    /// `data.remaining()` bytes of `path` starting at `offset`. The sink reads them from
+    /// `data`; whatever it leaves is read and checked by the decoder.
+    fn write(&mut self, path: &Path, offset: u64, data: &mut Payload<'_>) -> Result<()>;
+    /// The writes that follow may overwrite earlier bytes of `path`.
+    fn seek(&mut self, path: &Path) -> Result<()>;
+    /// `path` is complete; with `extend_to`, its last bytes are a hole up to that length.
+    fn close(&mut self, path: &Path, extend_to: Option<u64>) -> Result<()>;
+    fn remove(&mut self, path: &Path) -> Result<()>;
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()>;
+    /// The stream ended: everything must be durable or reported.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// One chunk's payload bytes, read from the stream as the sink asks for them; every byte
+/// passes through the chunk's checksum.
+pub struct Payload<'a> {
+    input: &'a mut dyn Read,
+    remaining: u64,
+    crc: &'a mut crc32fast::Hasher,
+}
+
+impl Payload<'_> {
+    /// Bytes of this payload not read yet.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Reads (and checks) the rest without keeping it.
+    pub fn skip(&mut self) -> io::Result<()> {
+        let mut scratch = [0u8; 64 * 1024];
+        while self.remaining > 0 {
+            let want = usize::try_from(self.remaining)
+                .unwrap_or(usize::MAX)
+                .min(scratch.len());
+            self.read_exact(&mut scratch[..want])?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for Payload<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.input.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        self.crc.update(&buf[..n]);
+        self.remaining = self.remaining.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
+
+/// Derives, from the opening entry's contents, the most bytes a whole stream may carry.
+pub type LimitFromHeader = fn(&[u8]) -> Option<u64>;
+
+/// Decodes one stream. Build it, then call [`Decoder::decode`].
+pub struct Decoder {
     flavor: Flavor,
     header_path: Option<PathBuf>,
     trailer_path: Option<PathBuf>,
+    limit_from_header: Option<LimitFromHeader>,
     progress: Arc<Progress>,
     cancel: CancellationToken,
-    direct_io: bool,
 }
 
-impl Extractor {
-    /// `target` must exist; it is expected to be empty (files are created exclusively).
-    pub fn new(target: impl Into<PathBuf>, flavor: Flavor) -> Self {
+impl Decoder {
+    pub fn new(flavor: Flavor) -> Self {
         Self {
-            target: target.into(),
             flavor,
             header_path: None,
             trailer_path: None,
+            limit_from_header: None,
             progress: Arc::default(),
             cancel: CancellationToken::new(),
-            direct_io: true,
         }
-    }
-
-    /// Whether aligned payloads may bypass the page cache (the default; see
-    /// [`super::write`]). Off, every write goes through the page cache.
-    pub fn with_direct_io(mut self, direct_io: bool) -> Self {
-        self.direct_io = direct_io;
-        self
     }
 
     /// Holds the top-level file `name` in memory as the stream's opening entry, when it is the
@@ -118,32 +187,41 @@ impl Extractor {
         self
     }
 
+    /// Once the opening entry has arrived, `limit` may derive from it the most bytes the
+    /// whole stream may carry: a sender cannot stream far beyond what it announced.
+    pub fn with_limit_from_header(mut self, limit: LimitFromHeader) -> Self {
+        self.limit_from_header = Some(limit);
+        self
+    }
+
     pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
         self.progress = progress;
         self
     }
 
-    /// Checked between chunks; a blocked read is the caller's to interrupt (shut the socket).
+    /// Checked between chunks; a blocked read is the caller's to interrupt.
     pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
         self.cancel = cancel;
         self
     }
 
-    pub fn extract<R: Read>(self, reader: R) -> Result<Summary> {
+    /// Reads `reader` to its end, handing every file operation to `sink`, then finishes the
+    /// sink. Any error ends decoding; what the sink did so far is the caller's to discard.
+    pub fn decode<R: Read, S: Sink>(self, reader: R, sink: &mut S) -> Result<Summary> {
         let mut run = Run {
             input: Input {
                 inner: BufReader::with_capacity(READ_AHEAD_LEN, reader),
                 pos: 0,
+                limit: u64::MAX,
                 progress: Arc::clone(&self.progress),
             },
-            ex: &self,
+            de: &self,
+            sink,
             open: HashMap::new(),
-            closed: HashSet::new(),
-            dirs: HashSet::new(),
             files: 0,
+            ignored: 0,
             header: HeaderState::Expected,
             trailer: TrailerState::Absent,
-            writers: Writers::new()?,
         };
         run.all_chunks()?;
         run.finish()
@@ -153,13 +231,21 @@ impl Extractor {
 struct Input<R> {
     inner: BufReader<R>,
     pos: u64,
+    /// Reading past this many bytes is an error.
+    limit: u64,
     progress: Arc<Progress>,
 }
 
 impl<R: Read> Read for Input<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.pos += n as u64;
+        self.pos = self.pos.saturating_add(n as u64);
+        if self.pos > self.limit {
+            return Err(io::Error::other(format!(
+                "the stream exceeds {} bytes, far more than its sender announced",
+                self.limit
+            )));
+        }
         self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -173,7 +259,7 @@ impl<R: Read> Input<R> {
             match self.read(&mut buf[filled..]) {
                 Ok(0) if filled == 0 => return Ok(false),
                 Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(n) => filled += n,
+                Ok(n) => filled = filled.saturating_add(n),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -203,8 +289,8 @@ fn truncated(e: io::Error) -> anyhow::Error {
     }
 }
 
+/// Where a file being decoded stands.
 struct OpenFile {
-    file: Arc<OutFile>,
     /// Where the next chunk for this file must start.
     next: u64,
     /// One past the last byte written; less than `next` after a trailing hole.
@@ -227,23 +313,32 @@ enum HeaderState {
     Done,
 }
 
-struct Run<'a, R> {
+struct Run<'a, R, S> {
     input: Input<R>,
-    ex: &'a Extractor,
+    de: &'a Decoder,
+    sink: &'a mut S,
     open: HashMap<PathBuf, OpenFile>,
-    closed: HashSet<PathBuf>,
-    dirs: HashSet<PathBuf>,
     files: u64,
+    ignored: u64,
     header: HeaderState,
     trailer: TrailerState,
-    writers: Writers,
 }
 
-impl<R: Read> Run<'_, R> {
+/// `offset + len` when the result is a valid file offset.
+fn file_end(offset: u64, len: u64) -> Result<u64> {
+    offset
+        .checked_add(len)
+        .filter(|end| *end <= MAX_FILE_OFFSET)
+        .with_context(|| {
+            format!("offset {offset} plus {len} bytes runs past the largest file offset")
+        })
+}
+
+impl<R: Read, S: Sink> Run<'_, R, S> {
     fn all_chunks(&mut self) -> Result<()> {
         loop {
-            if self.ex.cancel.is_cancelled() {
-                bail!("extraction cancelled");
+            if self.de.cancel.is_cancelled() {
+                bail!("decoding cancelled");
             }
             let start = self.input.pos;
             let mut prefix = [0u8; PREFIX_LEN];
@@ -255,7 +350,8 @@ impl<R: Read> Run<'_, R> {
             if !more {
                 return Ok(());
             }
-            if &prefix[..MAGIC.len()] != MAGIC {
+            let (magic, rest) = prefix.split_at(MAGIC.len());
+            if magic != MAGIC {
                 if start == 0 {
                     bail!(
                         "not an xbstream: it starts with {:?} instead of {:?}",
@@ -265,8 +361,9 @@ impl<R: Read> Run<'_, R> {
                 }
                 bail!("bad chunk magic at stream offset {start}: the stream is corrupt");
             }
-            let (flags, kind) = (prefix[8], prefix[9]);
-            let path_len = u32::from_le_bytes(prefix[10..14].try_into().unwrap()) as usize;
+            let (flags, kind) = (rest[0], rest[1]);
+            let path_len = u32::from_le_bytes([rest[2], rest[3], rest[4], rest[5]]);
+            let path_len = usize::try_from(path_len).unwrap_or(usize::MAX);
             ensure!(
                 (1..=MAX_PATH_LEN).contains(&path_len),
                 "chunk at stream offset {start} declares a path of {path_len} bytes (limit {MAX_PATH_LEN})"
@@ -292,7 +389,7 @@ impl<R: Read> Run<'_, R> {
         if let TrailerState::Closed(_) = self.trailer {
             bail!("data follows the end-of-stream entry");
         }
-        let is_header = self.ex.header_path.as_deref() == Some(path);
+        let is_header = self.de.header_path.as_deref() == Some(path);
         match std::mem::replace(&mut self.header, HeaderState::Done) {
             HeaderState::Expected | HeaderState::Open(_) if !is_header => {}
             HeaderState::Expected => return self.header_chunk(kind, Vec::new()),
@@ -300,13 +397,14 @@ impl<R: Read> Run<'_, R> {
             HeaderState::Done if is_header => bail!("the stream's opening entry comes late"),
             HeaderState::Done => {}
         }
-        let is_trailer = self.ex.trailer_path.as_deref() == Some(path);
-        let mariadb = self.ex.flavor == Flavor::MariaDb;
+        let is_trailer = self.de.trailer_path.as_deref() == Some(path);
+        let mariadb = self.de.flavor == Flavor::MariaDb;
+        let rewrite = mariadb && flags & FLAG_MARIADB_REWRITE != 0;
         match kind {
             TYPE_PAYLOAD | TYPE_EOF if is_trailer => self.trailer_chunk(start, kind),
             _ if is_trailer => bail!("unexpected chunk type for the end-of-stream entry"),
-            TYPE_PAYLOAD => self.payload(path, mariadb && flags & FLAG_MARIADB_REWRITE != 0),
-            TYPE_EOF => self.eof(path, mariadb && flags & FLAG_MARIADB_REWRITE != 0),
+            TYPE_PAYLOAD => self.payload(path, rewrite),
+            TYPE_EOF => self.eof(path, rewrite),
             TYPE_SPARSE_OR_SEEK if mariadb => self.seek(path),
             TYPE_SPARSE_OR_SEEK => self.sparse(path),
             TYPE_REMOVE if mariadb => self.remove(path),
@@ -331,21 +429,40 @@ impl<R: Read> Run<'_, R> {
         Ok((len, offset, crc))
     }
 
+    /// Hands `len` payload bytes of `path` at `offset` to the sink, hashing them into `crc`.
+    fn write(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        len: u64,
+        crc: &mut crc32fast::Hasher,
+    ) -> Result<()> {
+        let mut payload = Payload {
+            input: &mut self.input,
+            remaining: len,
+            crc,
+        };
+        self.sink.write(path, offset, &mut payload).map_err(|e| {
+            match e.downcast_ref::<io::Error>() {
+                // The sink read past the stream's end: the chunk was cut.
+                Some(io) if io.kind() == ErrorKind::UnexpectedEof => {
+                    truncated(ErrorKind::UnexpectedEof.into())
+                }
+                _ => e,
+            }
+        })?;
+        payload.skip().map_err(truncated)
+    }
+
     fn payload(&mut self, path: &Path, rewrite: bool) -> Result<()> {
         let (len, offset, crc) = self.payload_header()?;
+        let end = file_end(offset, len)?;
         let mut file = self.take_file(path, rewrite, offset)?;
         let mut hasher = crc32fast::Hasher::new();
-        copy_payload(
-            &mut self.input,
-            &self.writers,
-            &mut hasher,
-            &file.file,
-            offset,
-            len,
-        )?;
+        self.write(path, offset, len, &mut hasher)?;
         check_crc(crc, hasher)?;
-        file.next = offset + len;
-        file.end = file.end.max(file.next);
+        file.next = end;
+        file.end = file.end.max(end);
         self.open.insert(path.to_owned(), file);
         Ok(())
     }
@@ -358,19 +475,22 @@ impl<R: Read> Run<'_, R> {
             entries <= MAX_SPARSE_ENTRIES,
             "sparse map of {entries} entries exceeds the limit of {MAX_SPARSE_ENTRIES}"
         );
-        let mut map = vec![0u8; entries as usize * 8];
+        let mut map = vec![0u8; usize::try_from(entries).unwrap_or(0).saturating_mul(8)];
         self.input.read_exact(&mut map).map_err(truncated)?;
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&map);
         let holes: Vec<(u64, u64)> = map
             .chunks_exact(8)
             .map(|e| {
-                let skip = u32::from_le_bytes(e[..4].try_into().unwrap());
-                let len = u32::from_le_bytes(e[4..].try_into().unwrap());
+                let skip = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+                let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
                 (u64::from(skip), u64::from(len))
             })
             .collect();
-        let mapped: u64 = holes.iter().map(|&(_, l)| l).sum();
+        // At most 2^20 entries of at most 2^32 bytes each: the sum fits in a u64.
+        let mapped = holes
+            .iter()
+            .fold(0u64, |sum, &(_, l)| sum.saturating_add(l));
         ensure!(
             mapped == len,
             "sparse map covers {mapped} bytes but the chunk carries {len}"
@@ -378,19 +498,10 @@ impl<R: Read> Run<'_, R> {
         let mut file = self.take_file(path, false, offset)?;
         let mut pos = offset;
         for (skip, piece) in holes {
-            pos = pos
-                .checked_add(skip)
-                .filter(|p| *p <= i64::MAX as u64)
-                .context("sparse hole runs past the largest file offset")?;
-            copy_payload(
-                &mut self.input,
-                &self.writers,
-                &mut hasher,
-                &file.file,
-                pos,
-                piece,
-            )?;
-            pos += piece;
+            pos = file_end(pos, skip).context("a sparse hole")?;
+            let piece_end = file_end(pos, piece)?;
+            self.write(path, pos, piece, &mut hasher)?;
+            pos = piece_end;
             if piece > 0 {
                 file.end = file.end.max(pos);
             }
@@ -404,26 +515,25 @@ impl<R: Read> Run<'_, R> {
     /// MariaDB seek: the next payload for this (open) file starts at the given offset.
     fn seek(&mut self, path: &Path) -> Result<()> {
         let offset = self.input.read_u64().map_err(truncated)?;
-        // What follows may overwrite bytes still being written.
-        self.writers.barrier()?;
+        ensure!(
+            offset <= MAX_FILE_OFFSET,
+            "seek to {offset}, past the largest file offset"
+        );
         let file = self
             .open
             .get_mut(path)
             .context("seek on a file that is not open")?;
         file.next = offset;
-        Ok(())
+        self.sink.seek(path)
     }
 
     fn eof(&mut self, path: &Path, rewrite: bool) -> Result<()> {
         // A file with no payload chunk (an empty file) is announced by its EOF chunk alone.
         self.open_file(path, rewrite)?;
-        let file = self.open.remove(path).expect("opened above");
-        if file.end < file.next {
-            self.writers.barrier()?;
-            file.file.set_len(file.next)?;
-        }
-        self.closed.insert(path.to_owned());
-        self.files += 1;
+        let file = self.open.remove(path).context("the file vanished")?;
+        let extend_to = (file.end < file.next).then_some(file.next);
+        self.sink.close(path, extend_to)?;
+        self.files = self.files.saturating_add(1);
         self.input.progress.files.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -433,19 +543,12 @@ impl<R: Read> Run<'_, R> {
             !self.open.contains_key(path),
             "remove of a file that is still open"
         );
-        self.writers.barrier()?;
-        match fs::remove_file(self.ex.target.join(path)) {
-            Ok(()) => {}
-            // The tool deletes what a concurrent DDL dropped; it may never have been sent.
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e).context("removing the file"),
-        }
-        self.closed.remove(path);
-        Ok(())
+        self.sink.remove(path)
     }
 
     fn rename(&mut self, path: &Path) -> Result<()> {
-        let len = self.input.read_u32().map_err(truncated)? as usize;
+        let len = self.input.read_u32().map_err(truncated)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
         ensure!(
             (1..=MAX_PATH_LEN).contains(&len),
             "rename target of {len} bytes (limit {MAX_PATH_LEN})"
@@ -457,43 +560,36 @@ impl<R: Read> Run<'_, R> {
             !self.open.contains_key(path) && !self.open.contains_key(&new_path),
             "rename involving a file that is still open"
         );
-        self.writers.barrier()?;
-        self.make_parents(&new_path)?;
-        fs::rename(self.ex.target.join(path), self.ex.target.join(&new_path))
-            .with_context(|| format!("renaming to {}", new_path.display()))?;
-        self.closed.remove(path);
-        self.closed.insert(new_path);
-        Ok(())
+        self.sink.rename(path, &new_path)
     }
 
     fn skip(&mut self) -> Result<()> {
-        let (mut len, _, _) = self.payload_header()?;
-        let mut buf = self.writers.buffer()?;
-        let mut skipped = Ok(());
-        while len > 0 && skipped.is_ok() {
-            let n = len.min(PIECE_LEN as u64) as usize;
-            skipped = self.input.read_exact(&mut buf.as_mut_slice()[..n]);
-            len -= n as u64;
+        let (len, _, _) = self.payload_header()?;
+        self.ignored = self.ignored.saturating_add(len);
+        ensure!(
+            self.ignored <= MAX_IGNORED_BYTES,
+            "more than {MAX_IGNORED_BYTES} bytes of ignorable chunks: not a backup"
+        );
+        let mut crc = crc32fast::Hasher::new();
+        Payload {
+            input: &mut self.input,
+            remaining: len,
+            crc: &mut crc,
         }
-        self.writers.release(buf);
-        skipped.map_err(truncated)
+        .skip()
+        .map_err(truncated)
     }
 
     fn trailer_chunk(&mut self, start: u64, kind: u8) -> Result<()> {
-        if let TrailerState::Absent = self.trailer {
-            self.trailer = TrailerState::Open {
-                stream_offset: start,
-                contents: Vec::new(),
+        let (stream_offset, mut contents) =
+            match std::mem::replace(&mut self.trailer, TrailerState::Absent) {
+                TrailerState::Absent => (start, Vec::new()),
+                TrailerState::Open {
+                    stream_offset,
+                    contents,
+                } => (stream_offset, contents),
+                TrailerState::Closed(_) => bail!("data follows the end-of-stream entry"),
             };
-        }
-        let TrailerState::Open {
-            stream_offset,
-            contents,
-        } = &mut self.trailer
-        else {
-            unreachable!("closed trailers are refused before dispatch");
-        };
-        let (stream_offset, mut contents) = (*stream_offset, std::mem::take(contents));
         if kind == TYPE_EOF {
             self.trailer = TrailerState::Closed(Trailer {
                 stream_offset,
@@ -501,18 +597,21 @@ impl<R: Read> Run<'_, R> {
             });
             return Ok(());
         }
-        let read = read_small_payload(&mut self.input, &mut contents, "end-of-stream entry");
+        read_small_payload(&mut self.input, &mut contents, "end-of-stream entry")?;
         self.trailer = TrailerState::Open {
             stream_offset,
             contents,
         };
-        read
+        Ok(())
     }
 
     /// One chunk of the opening entry, whose content so far is `contents`.
     fn header_chunk(&mut self, kind: u8, mut contents: Vec<u8>) -> Result<()> {
         match kind {
             TYPE_EOF => {
+                if let Some(limit) = self.de.limit_from_header.and_then(|f| f(&contents)) {
+                    self.input.limit = limit.max(self.input.pos);
+                }
                 let _ = self.input.progress.header.set(contents);
                 self.header = HeaderState::Done;
                 Ok(())
@@ -531,7 +630,7 @@ impl<R: Read> Run<'_, R> {
     /// overlap means a corrupt stream.
     fn take_file(&mut self, path: &Path, rewrite: bool, offset: u64) -> Result<OpenFile> {
         self.open_file(path, rewrite)?;
-        let file = self.open.remove(path).expect("opened above");
+        let file = self.open.remove(path).context("the file vanished")?;
         ensure!(
             offset == file.next,
             "out-of-order chunk: offset {offset}, expected {}",
@@ -540,81 +639,23 @@ impl<R: Read> Run<'_, R> {
         Ok(file)
     }
 
-    /// Opens `path` for its first chunk, creating it exclusively (a file sent twice is an
-    /// error) unless MariaDB's rewrite flag says this is a fresh copy.
+    /// Opens `path` for its first chunk; the sink refuses a file sent twice unless MariaDB's
+    /// rewrite flag says this is a fresh copy.
     fn open_file(&mut self, path: &Path, rewrite: bool) -> Result<()> {
         if self.open.contains_key(path) {
             return Ok(());
         }
         ensure!(
-            rewrite || !self.closed.contains(path),
-            "file sent twice without the rewrite flag"
+            self.open.len() < MAX_OPEN_FILES,
+            "more than {MAX_OPEN_FILES} files open at once: not a backup tool's stream"
         );
-        self.make_parents(path)?;
-        let mut options = OpenOptions::new();
-        options
-            .write(true)
-            .mode(FILE_MODE)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC);
-        if rewrite {
-            // The earlier copy's writes must not land in the fresh one.
-            self.writers.barrier()?;
-            options.create(true).truncate(true);
-        } else {
-            options.create_new(true);
-        }
-        let full = self.ex.target.join(path);
-        let file = options
-            .open(&full)
-            .with_context(|| format!("creating {}", path.display()))?;
-        let file = Arc::new(OutFile::new(path, &full, file, self.ex.direct_io));
-        self.closed.remove(path);
-        self.open.insert(
-            path.to_owned(),
-            OpenFile {
-                file,
-                next: 0,
-                end: 0,
-            },
-        );
-        Ok(())
-    }
-
-    /// Creates the parent directories of `path` under the target, refusing anything in the
-    /// way that is not a real directory (a symlink included).
-    fn make_parents(&mut self, path: &Path) -> Result<()> {
-        let Some(parent) = path.parent() else {
-            return Ok(());
-        };
-        let mut dir = PathBuf::new();
-        for component in parent.components() {
-            dir.push(component);
-            if self.dirs.contains(&dir) {
-                continue;
-            }
-            let full = self.ex.target.join(&dir);
-            match DirBuilder::new().mode(DIR_MODE).create(&full) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    let meta = fs::symlink_metadata(&full)
-                        .with_context(|| format!("inspecting {}", dir.display()))?;
-                    ensure!(
-                        meta.file_type().is_dir(),
-                        "{} exists and is not a directory",
-                        dir.display()
-                    );
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("creating directory {}", dir.display()));
-                }
-            }
-            self.dirs.insert(dir.clone());
-        }
+        self.sink.create(path, rewrite)?;
+        self.open
+            .insert(path.to_owned(), OpenFile { next: 0, end: 0 });
         Ok(())
     }
 
     fn finish(self) -> Result<Summary> {
-        self.writers.finish()?;
         if !self.open.is_empty() {
             let mut names: Vec<_> = self.open.keys().map(|p| p.display().to_string()).collect();
             names.sort();
@@ -636,6 +677,7 @@ impl<R: Read> Run<'_, R> {
             !matches!(self.header, HeaderState::Open(_)),
             "the stream ended inside its opening entry"
         );
+        self.sink.finish()?;
         Ok(Summary {
             bytes: self.input.pos,
             files: self.files,
@@ -643,33 +685,6 @@ impl<R: Read> Run<'_, R> {
             trailer,
         })
     }
-}
-
-/// Reads `len` payload bytes into pool buffers, hashing them, and submits each piece for
-/// writing at `pos` onwards. The CRC is checked by the caller once the chunk is read: a
-/// mismatch fails the whole extraction, so pieces already written do not matter.
-fn copy_payload<R: Read>(
-    input: &mut Input<R>,
-    writers: &Writers,
-    hasher: &mut crc32fast::Hasher,
-    file: &Arc<OutFile>,
-    mut pos: u64,
-    mut len: u64,
-) -> Result<()> {
-    while len > 0 {
-        let n = len.min(PIECE_LEN as u64) as usize;
-        let mut buf = writers.buffer()?;
-        let data = &mut buf.as_mut_slice()[..n];
-        if let Err(e) = input.read_exact(data) {
-            writers.release(buf);
-            return Err(truncated(e));
-        }
-        hasher.update(data);
-        writers.submit(file, pos, buf, n);
-        pos += n as u64;
-        len -= n as u64;
-    }
-    Ok(())
 }
 
 /// Appends one payload chunk of a small in-memory entry (opening or end-of-stream).
@@ -681,16 +696,14 @@ fn read_small_payload<R: Read>(
     let len = input.read_u64().map_err(truncated)?;
     let offset = input.read_u64().map_err(truncated)?;
     let crc = input.read_u32().map_err(truncated)?;
-    ensure!(
-        contents.len() as u64 + len <= MAX_TRAILER_LEN as u64,
-        "{what} larger than {MAX_TRAILER_LEN} bytes"
-    );
-    ensure!(
-        offset == contents.len() as u64,
-        "out-of-order chunk in the {what}"
-    );
     let old = contents.len();
-    contents.resize(old + len as usize, 0);
+    let new_len = usize::try_from(len)
+        .ok()
+        .and_then(|len| old.checked_add(len))
+        .filter(|n| *n <= MAX_ENTRY_LEN)
+        .with_context(|| format!("{what} larger than {MAX_ENTRY_LEN} bytes"))?;
+    ensure!(offset == old as u64, "out-of-order chunk in the {what}");
+    contents.resize(new_len, 0);
     input.read_exact(&mut contents[old..]).map_err(truncated)?;
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&contents[old..]);
@@ -707,25 +720,22 @@ fn check_crc(expected: u32, hasher: crc32fast::Hasher) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
-    use super::super::{Chunk, encode_file};
+    use super::super::{Chunk, MemorySink, encode_file};
     use super::*;
 
-    fn extract(flavor: Flavor, stream: &[u8]) -> (tempfile::TempDir, Result<Summary>) {
-        let dir = tempfile::tempdir().unwrap();
-        let result = Extractor::new(dir.path(), flavor)
+    fn decode(flavor: Flavor, stream: &[u8]) -> (MemorySink, Result<Summary>) {
+        let mut sink = MemorySink::all(1 << 30);
+        let result = Decoder::new(flavor)
             .with_trailer("END")
-            .extract(stream);
-        (dir, result)
+            .decode(stream, &mut sink);
+        (sink, result)
     }
 
     fn err(flavor: Flavor, stream: &[u8]) -> String {
-        let (_dir, result) = extract(flavor, stream);
+        let (_sink, result) = decode(flavor, stream);
         format!("{:#}", result.expect_err("stream accepted"))
-    }
-
-    fn read(dir: &tempfile::TempDir, path: &str) -> Vec<u8> {
-        fs::read(dir.path().join(path)).unwrap()
     }
 
     fn payload<'a>(path: &'a str, offset: u64, data: &'a [u8]) -> Chunk<'a> {
@@ -746,46 +756,20 @@ mod tests {
     }
 
     #[test]
-    fn extracts_files_directories_and_empty_files() {
+    fn decodes_files_directories_and_empty_files() {
         let big: Vec<u8> = (0..25 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
         let mut s = Vec::new();
         encode_file("ibdata1", &big, &mut s);
         encode_file("db/t.ibd", b"table", &mut s);
-        encode_file("a/b/c/deep", b"deep", &mut s);
         encode_file("empty", b"", &mut s);
-        let (dir, summary) = extract(Flavor::MariaDb, &s);
+        let (sink, summary) = decode(Flavor::MariaDb, &s);
         let summary = summary.unwrap();
-        assert_eq!(summary.files, 4);
+        assert_eq!(summary.files, 3);
         assert_eq!(summary.bytes, s.len() as u64);
         assert!(summary.trailer.is_none());
-        assert_eq!(read(&dir, "ibdata1"), big);
-        assert_eq!(read(&dir, "db/t.ibd"), b"table");
-        assert_eq!(read(&dir, "a/b/c/deep"), b"deep");
-        assert_eq!(read(&dir, "empty"), b"");
-    }
-
-    /// The page-cache path, and pieces whose offsets stop being aligned midway (a short
-    /// payload chunk followed by large ones), write the same bytes as the direct path.
-    #[test]
-    fn unaligned_chunks_with_and_without_direct_io() {
-        let data: Vec<u8> = (0..3 * 1024 * 1024 + 77).map(|i| (i % 241) as u8).collect();
-        let (head, rest) = data.split_at(4096 * 3);
-        let (odd, tail) = rest.split_at(1000);
-        let s = stream(&[
-            payload("f", 0, head),
-            payload("f", head.len() as u64, odd),
-            payload("f", (head.len() + odd.len()) as u64, tail),
-            Chunk::Eof { path: "f" },
-        ]);
-        for direct in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let summary = Extractor::new(dir.path(), Flavor::MariaDb)
-                .with_direct_io(direct)
-                .extract(&s[..])
-                .unwrap();
-            assert_eq!(summary.files, 1);
-            assert!(read(&dir, "f") == data, "direct={direct}");
-        }
+        assert!(sink.file("ibdata1").unwrap() == big);
+        assert_eq!(sink.file("db/t.ibd").unwrap(), b"table");
+        assert_eq!(sink.file("empty").unwrap(), b"");
     }
 
     #[test]
@@ -798,15 +782,15 @@ mod tests {
             payload("x", 4, b"x3"),
             Chunk::Eof { path: "x" },
         ]);
-        let (dir, summary) = extract(Flavor::XtraBackup, &s);
+        let (sink, summary) = decode(Flavor::XtraBackup, &s);
         assert_eq!(summary.unwrap().files, 2);
-        assert_eq!(read(&dir, "x"), b"x1x2x3");
-        assert_eq!(read(&dir, "y"), b"y1");
+        assert_eq!(sink.file("x").unwrap(), b"x1x2x3");
+        assert_eq!(sink.file("y").unwrap(), b"y1");
     }
 
     #[test]
-    fn empty_stream_is_an_empty_extraction() {
-        let (_dir, summary) = extract(Flavor::MariaDb, b"");
+    fn empty_stream_is_an_empty_decoding() {
+        let (_sink, summary) = decode(Flavor::MariaDb, b"");
         let summary = summary.unwrap();
         assert_eq!((summary.files, summary.bytes), (0, 0));
     }
@@ -817,11 +801,11 @@ mod tests {
         encode_file("data", b"abc", &mut s);
         let offset = s.len() as u64;
         encode_file("END", b"status = ok\n", &mut s);
-        let (dir, summary) = extract(Flavor::MariaDb, &s);
+        let (sink, summary) = decode(Flavor::MariaDb, &s);
         let trailer = summary.unwrap().trailer.unwrap();
         assert_eq!(trailer.stream_offset, offset);
         assert_eq!(trailer.contents, b"status = ok\n");
-        assert!(!dir.path().join("END").exists());
+        assert!(sink.file("END").is_none());
 
         encode_file("late", b"x", &mut s);
         assert!(err(Flavor::MariaDb, &s).contains("follows the end-of-stream entry"));
@@ -831,40 +815,90 @@ mod tests {
         assert!(err(Flavor::MariaDb, &open).contains("inside the end-of-stream entry"));
     }
 
+    fn with_header(stream: &[u8]) -> (MemorySink, Arc<Progress>, Result<Summary>) {
+        let mut sink = MemorySink::all(1 << 20);
+        let progress = Arc::new(Progress::default());
+        let result = Decoder::new(Flavor::MariaDb)
+            .with_header("INFO")
+            .with_trailer("END")
+            .with_limit_from_header(|h| std::str::from_utf8(h).ok()?.trim().parse().ok())
+            .with_progress(Arc::clone(&progress))
+            .decode(stream, &mut sink);
+        (sink, progress, result)
+    }
+
     #[test]
     fn header_is_held_in_memory_only_as_the_first_entry() {
-        let extract = |stream: &[u8]| {
-            let dir = tempfile::tempdir().unwrap();
-            let progress = Arc::new(Progress::default());
-            let result = Extractor::new(dir.path(), Flavor::MariaDb)
-                .with_header("INFO")
-                .with_progress(Arc::clone(&progress))
-                .extract(stream);
-            (dir, progress, result)
-        };
         let mut s = Vec::new();
-        encode_file("INFO", b"estimated_bytes = 3\n", &mut s);
+        encode_file("INFO", b"1000\n", &mut s);
         encode_file("data", b"abc", &mut s);
-        let (dir, progress, result) = extract(&s);
-        assert_eq!(
-            result.unwrap().header.as_deref(),
-            Some(&b"estimated_bytes = 3\n"[..])
-        );
-        assert_eq!(progress.header(), Some(&b"estimated_bytes = 3\n"[..]));
-        assert!(!dir.path().join("INFO").exists());
+        let (sink, progress, result) = with_header(&s);
+        assert_eq!(result.unwrap().header.as_deref(), Some(&b"1000\n"[..]));
+        assert_eq!(progress.header(), Some(&b"1000\n"[..]));
+        assert!(sink.file("INFO").is_none());
 
         // Optional: a stream from another donor has none.
         let mut plain = Vec::new();
         encode_file("data", b"abc", &mut plain);
-        assert_eq!(extract(&plain).2.unwrap().header, None);
+        assert_eq!(with_header(&plain).2.unwrap().header, None);
 
         // Anywhere else it is refused.
         let mut late = plain.clone();
         encode_file("INFO", b"x", &mut late);
-        assert!(format!("{:#}", extract(&late).2.unwrap_err()).contains("comes late"));
+        assert!(format!("{:#}", with_header(&late).2.unwrap_err()).contains("comes late"));
         let mut cut = Vec::new();
         payload("INFO", 0, b"partial").encode(&mut cut);
-        assert!(format!("{:#}", extract(&cut).2.unwrap_err()).contains("opening entry"));
+        assert!(format!("{:#}", with_header(&cut).2.unwrap_err()).contains("opening entry"));
+    }
+
+    /// The sender's announcement bounds the stream: past it, decoding stops.
+    #[test]
+    fn a_stream_beyond_what_its_header_announced_is_refused() {
+        let mut s = Vec::new();
+        encode_file("INFO", b"300\n", &mut s);
+        encode_file("small", &[1u8; 100], &mut s);
+        assert!(with_header(&s).2.is_ok());
+        encode_file("more", &[2u8; 400], &mut s);
+        let msg = format!("{:#}", with_header(&s).2.unwrap_err());
+        assert!(msg.contains("exceeds 300 bytes"), "{msg}");
+    }
+
+    /// The opening and closing entries' small-payload path: a length near 2^64 after a
+    /// first chunk must be refused, not overflow.
+    #[test]
+    fn entry_lengths_near_the_top_of_u64_are_refused() {
+        for name in ["INFO", "END"] {
+            let mut s = Vec::new();
+            if name == "END" {
+                encode_file("data", b"abc", &mut s);
+            }
+            payload(name, 0, b"x").encode(&mut s);
+            let mut evil = Vec::new();
+            payload(name, 1, b"").encode(&mut evil);
+            let len_at = 14 + name.len();
+            evil[len_at..len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            s.extend_from_slice(&evil);
+            let msg = format!("{:#}", with_header(&s).2.unwrap_err());
+            assert!(msg.contains("larger than"), "{name}: {msg}");
+        }
+    }
+
+    /// Offsets and lengths whose sum passes 2^64 (a MariaDB seek near the top, then a
+    /// payload; a payload offset near the top; a sparse hole) are refused.
+    #[test]
+    fn offsets_that_would_overflow_are_refused() {
+        let seek = stream(&[
+            payload("f", 0, b"ab"),
+            Chunk::Seek {
+                path: "f",
+                offset: u64::MAX - 1,
+            },
+            payload("f", u64::MAX - 1, b"cdef"),
+        ]);
+        assert!(err(Flavor::MariaDb, &seek).contains("largest file offset"));
+        let high = stream(&[payload("f", u64::MAX - 1, b"cdef")]);
+        let msg = err(Flavor::XtraBackup, &high);
+        assert!(msg.contains("largest file offset"), "{msg}");
     }
 
     #[test]
@@ -877,7 +911,7 @@ mod tests {
         // first file's EOF chunk, is complete.
         let first_complete = s.len() - (14 + 1 + 20 + 6) - (14 + 1);
         for cut in 1..s.len() {
-            let (_dir, result) = extract(Flavor::MariaDb, &s[..cut]);
+            let (_sink, result) = decode(Flavor::MariaDb, &s[..cut]);
             assert_eq!(result.is_ok(), cut == first_complete, "cut at {cut}");
         }
         let mid_payload = err(Flavor::MariaDb, &s[..500]);
@@ -907,23 +941,11 @@ mod tests {
         ] {
             let mut s = Vec::new();
             encode_file(path, b"x", &mut s);
-            let (dir, result) = extract(Flavor::MariaDb, &s);
+            let (sink, result) = decode(Flavor::MariaDb, &s);
             let msg = format!("{:#}", result.unwrap_err());
             assert!(msg.contains("unsafe path"), "{path}: {msg}");
-            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+            assert!(sink.files().is_empty());
         }
-    }
-
-    #[test]
-    fn refuses_a_symlinked_parent() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        let mut s = Vec::new();
-        encode_file("link/owned", b"x", &mut s);
-        let result = Extractor::new(dir.path(), Flavor::MariaDb).extract(&s[..]);
-        assert!(format!("{:#}", result.unwrap_err()).contains("not a directory"));
-        assert!(!outside.path().join("owned").exists());
     }
 
     #[test]
@@ -960,7 +982,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_types_are_skipped_only_when_ignorable() {
+    fn unknown_types_are_skipped_only_when_ignorable_and_bounded() {
         let ignorable = stream(&[
             Chunk::Other {
                 path: "meta",
@@ -971,9 +993,9 @@ mod tests {
             payload("f", 0, b"kept"),
             Chunk::Eof { path: "f" },
         ]);
-        let (dir, summary) = extract(Flavor::MariaDb, &ignorable);
+        let (sink, summary) = decode(Flavor::MariaDb, &ignorable);
         assert_eq!(summary.unwrap().files, 1);
-        assert!(!dir.path().join("meta").exists());
+        assert!(sink.file("meta").is_none());
 
         let fatal = stream(&[Chunk::Other {
             path: "meta",
@@ -985,10 +1007,22 @@ mod tests {
         // MariaDB's remove and rename types mean nothing in an XtraBackup stream.
         let remove = stream(&[Chunk::Remove { path: "f" }]);
         assert!(err(Flavor::XtraBackup, &remove).contains("unknown chunk type"));
+
+        // Endless ignorable chunks write nothing and would never end: they are bounded.
+        let piece = vec![0u8; 1 << 20];
+        let flood: Vec<Chunk> = (0..(MAX_IGNORED_BYTES >> 20) + 1)
+            .map(|_| Chunk::Other {
+                path: "meta",
+                kind: b'X',
+                flags: FLAG_IGNORABLE,
+                data: &piece,
+            })
+            .collect();
+        assert!(err(Flavor::MariaDb, &stream(&flood)).contains("ignorable"));
     }
 
     #[test]
-    fn refuses_a_file_sent_twice_and_out_of_order_chunks() {
+    fn refuses_a_file_sent_twice_out_of_order_chunks_and_too_many_open_files() {
         let mut twice = Vec::new();
         encode_file("f", b"one", &mut twice);
         encode_file("f", b"two", &mut twice);
@@ -996,6 +1030,10 @@ mod tests {
 
         let gap = stream(&[payload("f", 0, b"ab"), payload("f", 5, b"cd")]);
         assert!(err(Flavor::MariaDb, &gap).contains("out-of-order"));
+
+        let names: Vec<String> = (0..=MAX_OPEN_FILES).map(|i| format!("f{i}")).collect();
+        let opened: Vec<Chunk> = names.iter().map(|n| payload(n, 0, b"x")).collect();
+        assert!(err(Flavor::MariaDb, &stream(&opened)).contains("files open at once"));
     }
 
     #[test]
@@ -1027,13 +1065,13 @@ mod tests {
                 new_path: "db2/t.ibd",
             },
         ]);
-        let (dir, summary) = extract(Flavor::MariaDb, &s);
+        let (sink, summary) = decode(Flavor::MariaDb, &s);
         summary.unwrap();
-        assert_eq!(read(&dir, "db/t.frm"), b"new");
-        assert_eq!(read(&dir, "aria_log"), b"hEYlo");
-        assert!(!dir.path().join("db/gone").exists());
-        assert!(!dir.path().join("db/t.new").exists());
-        assert_eq!(read(&dir, "db2/t.ibd"), b"");
+        assert_eq!(sink.file("db/t.frm").unwrap(), b"new");
+        assert_eq!(sink.file("aria_log").unwrap(), b"hEYlo");
+        assert!(sink.file("db/gone").is_none());
+        assert!(sink.file("db/t.new").is_none());
+        assert_eq!(sink.file("db2/t.ibd").unwrap(), b"");
     }
 
     #[test]
@@ -1048,9 +1086,12 @@ mod tests {
             },
             Chunk::Eof { path: "t.ibd" },
         ]);
-        let (dir, summary) = extract(Flavor::XtraBackup, &s);
+        let (sink, summary) = decode(Flavor::XtraBackup, &s);
         summary.unwrap();
-        assert_eq!(read(&dir, "t.ibd"), b"head\0\0abc\0\0\0\0Z\0\0\0\0\0\0");
+        assert_eq!(
+            sink.file("t.ibd").unwrap(),
+            b"head\0\0abc\0\0\0\0Z\0\0\0\0\0\0"
+        );
 
         let mut bad_crc = s.clone();
         let last_data = bad_crc.len() - (14 + 5) - 1;
@@ -1060,14 +1101,13 @@ mod tests {
 
     #[test]
     fn cancellation_stops_between_chunks() {
-        let dir = tempfile::tempdir().unwrap();
         let cancel = CancellationToken::new();
         cancel.cancel();
         let mut s = Vec::new();
         encode_file("f", b"x", &mut s);
-        let result = Extractor::new(dir.path(), Flavor::MariaDb)
+        let result = Decoder::new(Flavor::MariaDb)
             .with_cancel(cancel)
-            .extract(&s[..]);
+            .decode(&s[..], &mut MemorySink::all(1024));
         assert!(format!("{:#}", result.unwrap_err()).contains("cancelled"));
     }
 }
