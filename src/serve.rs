@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::accounts::{self, Account, Role};
@@ -138,7 +138,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     };
     // Serving stops at SIGTERM, or when set-up finds this pod can never serve.
     let serving = cancel.child_token();
-    let setup = tokio::spawn(
+    let setup = AbortOnDropHandle::new(tokio::spawn(
         set_up(
             config.clone(),
             tool.clone(),
@@ -149,18 +149,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
             serving.clone(),
         )
         .instrument(info_span!("setup")),
-    );
+    ));
     let app = http::router(Arc::new(HttpState {
         metrics: Arc::clone(&metrics),
         health,
         judge,
     }));
-    let http = tokio::spawn(http::serve(
+    let http = AbortOnDropHandle::new(tokio::spawn(http::serve(
         http_listener,
         app,
         http::Limits::default(),
         serving.clone(),
-    ));
+    )));
     let server = Arc::new(Server {
         slots: Arc::new(Semaphore::new(config.max_backups)),
         config,
@@ -508,7 +508,8 @@ async fn stream_backup(
         .context("sending to the client")?;
     let sent = Arc::new(AtomicU64::new(info.len() as u64));
     server.metrics.stream_bytes.inc_by(info.len() as u64);
-    let reporter = tokio::spawn(progress::report(
+    // Aborted when dropped: a backup cut short by a panic or a drop leaves no reporter.
+    let _reporter = AbortOnDropHandle::new(tokio::spawn(progress::report(
         "streaming",
         config.progress_interval,
         std::time::Instant::now(),
@@ -520,10 +521,8 @@ async fn stream_backup(
                 estimated_bytes: Some(estimated_bytes),
             }
         },
-    ));
-    let result = stream_tool_output(socket, server, cancel, &sent).await;
-    reporter.abort();
-    result
+    )));
+    stream_tool_output(socket, server, cancel, &sent).await
 }
 
 /// The stall rule on the serving side, apart from any clock: the client must acknowledge

@@ -1,5 +1,6 @@
 //! The README's "What survives what" table is the fault matrix: every row names tests that
-//! exist, and every fault or bad-input test in tests/faults.rs has its row.
+//! exist, and every fault or bad-input test in tests/faults.rs, and every adversarial test in
+//! tests/hostile.rs, has its row.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -74,6 +75,26 @@ fn the_readme_table_matches_the_fault_tests() {
         }
     }
     assert!(fault_tests.len() >= 9, "{fault_tests:?}");
+    // Every adversarial test has its row too.
+    let hostile = fs::read_to_string(root().join("tests/hostile.rs")).unwrap();
+    let mut hostile_tests = 0;
+    for (i, line) in hostile.lines().enumerate() {
+        let previous = hostile.lines().nth(i.wrapping_sub(1)).unwrap_or("");
+        if previous.starts_with("#[")
+            && previous.contains("test")
+            && let Some(name) = line
+                .strip_prefix("async fn ")
+                .or_else(|| line.strip_prefix("fn "))
+                .map(|r| r.split('(').next().unwrap())
+        {
+            fault_tests.insert(name.to_owned());
+            hostile_tests += 1;
+        }
+    }
+    assert!(
+        hostile_tests >= 5,
+        "{hostile_tests} adversarial tests found"
+    );
     let uncited: Vec<_> = fault_tests.difference(&cited).collect();
     assert!(
         uncited.is_empty(),

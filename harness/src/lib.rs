@@ -322,6 +322,9 @@ pub struct Pod {
     credentials: Option<Credentials>,
     /// Extra environment for every agent process of this pod (failpoints, say).
     pub agent_env: Vec<(String, String)>,
+    /// A hard limit on the open files of every agent process of this pod (`prlimit`), as a
+    /// container runtime may set one.
+    pub agent_nofile: Option<u64>,
 }
 
 impl Pod {
@@ -353,6 +356,7 @@ impl Pod {
             sidecar: None,
             credentials,
             agent_env: Vec::new(),
+            agent_nofile: None,
         };
         fs::write(pod.defaults_file(), pod.my_cnf())?;
         Ok(pod)
@@ -405,7 +409,17 @@ impl Pod {
             .append(true)
             .open(self.log(mode))
             .with_context(|| format!("opening {}", self.log(mode).display()))?;
-        let mut cmd = Command::new(&self.agent);
+        let mut cmd = match self.agent_nofile {
+            // prlimit sets the limit and then execs the agent: the pid stays the agent's.
+            Some(n) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(&self.agent);
+                cmd
+            }
+            None => Command::new(&self.agent),
+        };
         cmd.arg(mode)
             .args(["--pod-name", &self.name, "--service", &self.service])
             .args(extra)

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::backup_tool::{self, BackupTool};
@@ -265,12 +266,12 @@ async fn attempt(
     let staging = config.data_dir.join(STAGING_DIR);
     let started = std::time::Instant::now();
     let progress = Arc::new(Progress::default());
-    let reporter = tokio::spawn({
+    let reporter = AbortOnDropHandle::new(tokio::spawn({
         let progress = Arc::clone(&progress);
         progress::report("receiving", config.progress_interval, started, move || {
             sample(&progress)
         })
-    });
+    }));
     let transfer = receive::Transfer {
         staging: staging.clone(),
         flavor: tool.flavor(),
@@ -280,7 +281,7 @@ async fn attempt(
         cancel: cancel.clone(),
     };
     let received = receive::receive(donor, transfer).await;
-    reporter.abort();
+    drop(reporter);
     let summary = received?;
     let failed = AttemptError::from_transfer;
     let meta = blocking(BackupMetadata::read, &staging)

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{AttemptError, Donor};
 use crate::protocol::{self, OpenError};
@@ -144,13 +145,13 @@ pub async fn receive(donor: &Donor, transfer: Transfer) -> Result<Summary, Attem
         .try_clone()
         .context("duplicating the donor's socket")
         .map_err(AttemptError::Failed)?;
-    let watcher = tokio::spawn({
+    let _watcher = AbortOnDropHandle::new(tokio::spawn({
         let cancel = transfer.cancel.clone();
         async move {
             cancel.cancelled().await;
             let _ = shutter.shutdown(Shutdown::Both);
         }
-    });
+    }));
     let stall = transfer.stall;
     let input = Cursor::new(head)
         .chain(Cursor::new(buffered))
@@ -158,9 +159,8 @@ pub async fn receive(donor: &Donor, transfer: Transfer) -> Result<Summary, Attem
             inner: socket,
             watch: StallWatch::new(stall, Instant::now()),
         });
-    let decoded = tokio::task::spawn_blocking(move || decode(input, transfer)).await;
-    watcher.abort();
-    decoded
+    tokio::task::spawn_blocking(move || decode(input, transfer))
+        .await
         .map_err(|e| AttemptError::Failed(anyhow!("the receiving thread failed: {e}")))?
         .map_err(|e| AttemptError::from_transfer(explain_stall(e, stall)))
 }

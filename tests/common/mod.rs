@@ -11,6 +11,12 @@ use mysql_agent_harness::ClusterSpec;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_mysql-agent");
 
+/// The binary the adversarial tests run: this build, or `MYSQL_AGENT_UNDER_TEST` (an older
+/// build, to see a test fail on the code it was written against).
+pub fn agent_under_test() -> String {
+    std::env::var("MYSQL_AGENT_UNDER_TEST").unwrap_or_else(|_| AGENT.to_owned())
+}
+
 /// A cluster of its own for one test: a distinct service name and subnet, so tests may run
 /// at the same time.
 pub fn spec(service: &str, subnet: u8) -> ClusterSpec {
@@ -128,6 +134,10 @@ pub enum Donation {
     Bytes(Vec<u8>),
     /// Sends these bytes, then holds the connection open without sending more.
     BytesThenSilence(Vec<u8>),
+    /// Sends these bytes, then `repeat` again and again until the client leaves.
+    Endless { head: Vec<u8>, repeat: Vec<u8> },
+    /// Sends these bytes, then one byte every `every` until the client leaves.
+    Drip { head: Vec<u8>, every: Duration },
 }
 
 /// A backup server that is not one: serves the same answer to every connection, on a port of
@@ -146,7 +156,19 @@ pub fn fake_donor(donation: Donation) -> std::net::SocketAddr {
                 }
                 Donation::BytesThenSilence(bytes) => {
                     let _ = stream.write_all(&bytes);
+                    // Holding the connection open is the point: nothing to wait for.
                     std::thread::sleep(Duration::from_secs(600));
+                }
+                Donation::Endless { head, repeat } => {
+                    let _ = stream.write_all(&head);
+                    while stream.write_all(&repeat).is_ok() {}
+                }
+                Donation::Drip { head, every } => {
+                    let _ = stream.write_all(&head);
+                    // The pace of the drip is what is being tested.
+                    while stream.write_all(b"x").is_ok() {
+                        std::thread::sleep(every);
+                    }
                 }
             });
         }
