@@ -11,6 +11,10 @@
 ARG RUNTIME_IMAGE=mariadb:10.11
 
 FROM rust:1.95-bookworm AS build
+# musl-gcc: zstd's and ring's C parts are compiled for the static musl target.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/*
 RUN rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

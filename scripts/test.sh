@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints (with and without the test-only failpoints), the packaging
-# checks, unit tests, the integration and fault tests on real MariaDB pods, and the clone
-# benchmark on a tiny dataset (to keep it working: its times are not asserted).
+# checks, unit tests, the integration and fault tests on real MariaDB pods and a real S3
+# server, and the benchmark on a tiny dataset (to keep it working: its times are not
+# asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/setup-s3.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

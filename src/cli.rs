@@ -3,21 +3,25 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use clap::{Args, Parser, Subcommand};
 
 use crate::accounts::Account;
+use crate::backup;
 use crate::clone::{self, Donor};
 use crate::fsutil;
 use crate::init_config;
 use crate::mysql::MysqlTarget;
+use crate::packing::{self, Identities, Recipients};
 use crate::pod::PodIdentity;
 use crate::protocol;
 use crate::replication::Source;
 use crate::secrets::{BackupSecret, Password};
 use crate::serve;
+use crate::store::{Location, S3Settings};
 use crate::telemetry::LogFormat;
 
 /// Where serve-backup listens for backup clients: the tutorial's port on every address.
@@ -99,6 +103,23 @@ end-of-stream entry (mysql_agent_stream_status); `ncat --recv-only <pod> 3307 | 
 A replica refuses backups until its replication is configured. SIGTERM stops it cleanly with exit code 0."
     )]
     ServeBackup(ServeBackupArgs),
+    /// Take a backup from a pod over port 3307 and store it (a CronJob).
+    #[command(
+        long_about = "Take a consistent backup from a donor's serve-backup over port 3307, exactly as a clone \
+does (same handshake, secret and donor order, replicas first by default), and store it at --to: compressed \
+with zstd, optionally encrypted with age, checked as it passes (every chunk's CRC, the end-of-stream entry, \
+the replication coordinates), and committed by a manifest written last. Exit 0 only once the manifest is \
+written. S3 settings come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION and \
+AWS_ENDPOINT_URL."
+    )]
+    Backup(BackupArgs),
+    /// List the complete backups in a store, newest first.
+    #[command(
+        long_about = "List the complete backups (those with a manifest) at a location, newest first: name, \
+end time, stored size, replication coordinates. Attempts that never finished are reported apart. S3 settings \
+come from the AWS_* environment variables, as for backup."
+    )]
+    ListBackups(ListBackupsArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -271,6 +292,29 @@ pub struct CloneArgs {
 
     #[command(flatten)]
     pub progress: ProgressArgs,
+
+    /// A backup store (s3://BUCKET/PREFIX or file:///DIR) to restore from: on ordinal 0
+    /// when the data dir is empty, on a replica when no donor could serve for --donor-wait
+    #[arg(long, env = "MYSQL_AGENT_RESTORE_FROM", value_name = "URL")]
+    pub restore_from: Option<Location>,
+
+    /// The backup to restore (see list-backups) [default: the newest complete one]
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_RESTORE_BACKUP",
+        value_name = "NAME",
+        requires = "restore_from"
+    )]
+    pub backup: Option<String>,
+
+    /// The age private key(s) an encrypted backup is restored with (age-keygen's file)
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_AGE_IDENTITY_FILE",
+        value_name = "PATH",
+        requires = "restore_from"
+    )]
+    pub age_identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -316,8 +360,164 @@ impl CloneArgs {
             require_end_marker: self.require_end_marker,
             secret: self.secret.load()?,
             progress_interval: self.progress.interval(),
+            restore: match self.restore_from {
+                None => None,
+                Some(location) => Some(clone::Restore {
+                    location,
+                    s3: S3Settings::from_env(),
+                    backup: self.backup,
+                    identities: self
+                        .age_identity_file
+                        .as_deref()
+                        .map(|path| {
+                            Identities::from_file(path)
+                                .with_context(|| format!("--age-identity-file {}", path.display()))
+                        })
+                        .transpose()?
+                        .map(Arc::new),
+                }),
+            },
         })
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Where to store the backup: s3://BUCKET/PREFIX, or file:///DIR for a mounted volume
+    #[arg(long, env = "MYSQL_AGENT_BACKUP_TO", value_name = "URL")]
+    pub to: Location,
+
+    /// A pod to take the backup from, HOST[:PORT]; repeat for fallbacks, tried in order
+    /// [default: the replicas <statefulset>-1.<service> … <statefulset>-N-1.<service>, then
+    /// <statefulset>-0.<service>: the primary is loaded only when no replica can serve]
+    #[arg(
+        long = "donor",
+        env = "MYSQL_AGENT_DONORS",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    pub donors: Vec<Donor>,
+
+    /// The StatefulSet's name, for the default donors
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_STATEFULSET",
+        value_name = "NAME",
+        default_value = "mysql"
+    )]
+    pub statefulset: String,
+
+    /// The headless Service, for the default donors
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_SERVICE",
+        value_name = "NAME",
+        default_value = "mysql"
+    )]
+    pub service: String,
+
+    /// The StatefulSet's replica count, for the default donors
+    #[arg(long, env = "MYSQL_AGENT_REPLICAS", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub replicas: u32,
+
+    #[command(flatten)]
+    pub tool: BackupToolArgs,
+
+    /// Give up after this many transfers that started and failed
+    #[arg(long, env = "MYSQL_AGENT_MAX_ATTEMPTS", value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Give up when no donor could serve at all (down, busy, not ready) for this long
+    #[arg(long, env = "MYSQL_AGENT_DONOR_WAIT", value_name = "DURATION", default_value = "30m",
+          value_parser = humantime::parse_duration)]
+    pub donor_wait: Duration,
+
+    /// A transfer that receives less than 1 MiB in this long has stalled and is retried
+    #[arg(long, env = "MYSQL_AGENT_STALL_TIMEOUT", value_name = "DURATION", default_value = "5m",
+          value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// Refuse streams without the agent's end-of-stream entry (tutorial donors)
+    #[arg(long, env = "MYSQL_AGENT_REQUIRE_END_MARKER")]
+    pub require_end_marker: bool,
+
+    #[command(flatten)]
+    pub secret: SecretArgs,
+
+    /// zstd compression level (1 fastest … 19 smallest)
+    #[arg(long, env = "MYSQL_AGENT_COMPRESSION_LEVEL", value_name = "N", default_value_t = packing::DEFAULT_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression_level: i32,
+
+    /// Encrypt the backup with age to the public key(s) in this file (age1… lines): whoever
+    /// holds only this file cannot read the backups it writes
+    #[arg(long, env = "MYSQL_AGENT_AGE_RECIPIENT_FILE", value_name = "PATH")]
+    pub age_recipient_file: Option<PathBuf>,
+
+    /// After a backup, keep this many complete backups and remove older ones (and leftovers
+    /// of attempts that never finished, once a day old) [default: keep everything]
+    #[arg(long, env = "MYSQL_AGENT_KEEP", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
+
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+impl BackupArgs {
+    /// Checks everything the flags name before any work: a bad value is a usage error.
+    pub fn into_config(self) -> Result<backup::Config> {
+        let donors = if self.donors.is_empty() {
+            ensure!(
+                !self.statefulset.is_empty() && !self.service.is_empty(),
+                "--statefulset and --service name the default donors; neither may be empty"
+            );
+            let host = |n: u32| Donor {
+                host: format!("{}-{n}.{}", self.statefulset, self.service),
+                port: protocol::DEFAULT_PORT,
+            };
+            (1..self.replicas).map(host).chain([host(0)]).collect()
+        } else {
+            self.donors
+        };
+        Ok(backup::Config {
+            location: self.to,
+            s3: S3Settings::from_env(),
+            donors,
+            policy: clone::Policy {
+                max_attempts: self.max_attempts,
+                donor_wait: self.donor_wait,
+            },
+            stall_timeout: self.stall_timeout.max(Duration::from_secs(1)),
+            secret: self.secret.load()?,
+            tool: self.tool.backup_tool,
+            require_end_marker: self.require_end_marker,
+            level: self.compression_level,
+            recipients: self
+                .age_recipient_file
+                .as_deref()
+                .map(|path| {
+                    Recipients::from_file(path)
+                        .with_context(|| format!("--age-recipient-file {}", path.display()))
+                })
+                .transpose()?,
+            keep: self.keep.map(|k| k as usize),
+            progress_interval: self.progress.interval(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListBackupsArgs {
+    /// The store: s3://BUCKET/PREFIX or file:///DIR
+    #[arg(value_name = "URL", env = "MYSQL_AGENT_BACKUP_TO")]
+    pub location: Location,
+
+    /// One JSON document: the complete backups' manifests, newest first, and the leftovers
+    #[arg(long, env = "MYSQL_AGENT_LIST_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

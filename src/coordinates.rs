@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail, ensure};
 use regex::Regex;
 
 /// Where a replica of this data starts reading from the primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Position {
     /// A binary log file and offset on the primary.
     File { file: String, pos: u64 },
@@ -21,13 +22,14 @@ pub enum Position {
 }
 
 /// Whether the backup came from the primary or from a replica of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Origin {
     Primary,
     Replica,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Coordinates {
     pub origin: Origin,
     pub position: Position,

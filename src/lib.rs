@@ -26,7 +26,9 @@
 #![deny(unsafe_code)]
 
 pub mod accounts;
+pub mod backup;
 pub mod backup_tool;
+pub mod catalog;
 pub mod cli;
 pub mod clone;
 pub mod coordinates;
@@ -37,21 +39,25 @@ pub mod handoff;
 pub mod http;
 pub mod init_config;
 pub mod keyvalue;
+pub mod manifest;
 pub mod metadata;
 pub mod metrics;
 pub mod monitor;
 pub mod mysql;
+pub mod packing;
 pub mod pod;
 pub mod process;
 pub mod progress;
 pub mod protocol;
 pub mod replication;
+pub mod restore;
 pub mod retry;
 pub mod secrets;
 pub mod serve;
 pub mod server_version;
 pub mod shutdown;
 pub mod sockets;
+pub mod store;
 pub mod telemetry;
 pub mod xbstream;
 
@@ -69,5 +75,42 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
         Command::InitConfig(args) => init_config::run(&args.into_config().map_err(usage)?),
         Command::Clone(args) => clone::run(&args.into_config().map_err(usage)?, &cancel).await,
         Command::ServeBackup(args) => serve::run(args.into_config().map_err(usage)?, cancel).await,
+        Command::Backup(args) => backup::run(&args.into_config().map_err(usage)?, &cancel).await,
+        Command::ListBackups(args) => list_backups(args).await,
     }
+}
+
+/// `list-backups`: one line per complete backup, newest first, or JSON.
+async fn list_backups(args: cli::ListBackupsArgs) -> Result<()> {
+    let store =
+        store::Store::open(&args.location, &store::S3Settings::from_env()).map_err(usage)?;
+    let listing = catalog::list(&store)
+        .await
+        .map_err(|e| e.context(format!("listing {}", args.location)))?;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    if args.json {
+        let leftovers: Vec<_> = listing
+            .leftovers
+            .iter()
+            .map(|l| serde_json::json!({"name": l.name, "objects": l.objects}))
+            .collect();
+        let doc = serde_json::json!({
+            "location": args.location.to_string(),
+            "backups": listing.complete,
+            "incomplete": leftovers,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        for manifest in &listing.complete {
+            writeln!(out, "{}", manifest.summary_line())?;
+        }
+        for leftover in &listing.leftovers {
+            tracing::info!(backup = %leftover.name, "an attempt that never finished (no manifest); not listed");
+        }
+        for (name, why) in &listing.unreadable {
+            tracing::warn!(backup = %name, reason = %why, "a backup whose manifest does not read; not listed");
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,8 @@
 //!
 //! Clusters that may run at the same time need distinct service names and subnets.
 
+pub mod s3;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::Ipv4Addr;

@@ -1,10 +1,13 @@
-//! `clone`: turns an empty data dir into a prepared copy of a peer's data, or leaves it alone.
+//! `clone`: turns an empty data dir into a prepared copy of a peer's data, or of a stored
+//! backup (`--restore-from`), or leaves it alone.
 //!
 //! - [`datadir`]: the states a data dir goes through, and the durable steps between them;
 //! - [`donor`]: who to clone from;
 //! - [`receive`]: one transfer from one donor, into the staging directory;
 //! - [`verify`]: whether what arrived is a whole backup this pod can use;
-//! - this module: the order of things, and the retry policy across donors.
+//! - this module: the order of things, the retry policy across donors, and the restore from
+//!   a store ([`crate::restore`] reads it), which lands in the same staging and goes through
+//!   the same checks, prepare and commit as a peer's stream.
 
 pub mod datadir;
 pub mod donor;
@@ -24,16 +27,22 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::backup_tool::{self, BackupTool};
+use crate::catalog;
 use crate::coordinates::Coordinates;
 use crate::errors::{Interrupted, report};
+use crate::manifest::Manifest;
 use crate::metadata::BackupMetadata;
+use crate::packing::{self, Identities};
 use crate::pod::PodIdentity;
 use crate::process;
 use crate::progress::{self, Sample};
 use crate::protocol::StreamInfo;
+use crate::restore;
 use crate::retry::Backoff;
 use crate::secrets::BackupSecret;
-use crate::xbstream::Progress;
+use crate::server_version::ServerVersion;
+use crate::store::{Location, S3Settings, Store};
+use crate::xbstream::{Progress, Summary};
 use datadir::DataDirState;
 pub use datadir::{DONE_MARKER, IN_PROGRESS_MARKER, STAGING_DIR};
 pub use donor::Donor;
@@ -54,7 +63,41 @@ pub struct Config {
     /// Prove it to donors and require their proof; `None` accepts any donor.
     pub secret: Option<BackupSecret>,
     pub progress_interval: Duration,
+    /// Where to restore from when no peer can serve (and on ordinal 0).
+    pub restore: Option<Restore>,
 }
+
+/// A stored backup to restore from (`clone --restore-from`).
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub location: Location,
+    pub s3: S3Settings,
+    /// A backup's name, or `None` for the newest complete one.
+    pub backup: Option<String>,
+    /// The private keys for an encrypted backup.
+    pub identities: Option<Arc<Identities>>,
+}
+
+/// No donor could serve for the whole `--donor-wait`: the one failure a restore from a
+/// store may stand in for.
+#[derive(Debug)]
+pub struct NoDonor {
+    pub waited: Duration,
+    pub reasons: Vec<String>,
+}
+
+impl std::fmt::Display for NoDonor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no donor could serve a backup for {}: {}",
+            humantime::format_duration(self.waited),
+            self.reasons.join("; ")
+        )
+    }
+}
+
+impl std::error::Error for NoDonor {}
 
 /// How long to keep trying donors.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +145,8 @@ fn is_local_volume_error(e: &anyhow::Error) -> bool {
 /// A clone received, verified and prepared in the staging directory.
 #[derive(Debug)]
 struct Cloned {
+    /// Where it came from: a donor, or a stored backup.
+    source: String,
     bytes: u64,
     files: u64,
     coordinates: Coordinates,
@@ -110,11 +155,11 @@ struct Cloned {
 
 pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     let data_dir = &config.data_dir;
-    if config.pod.is_primary() {
+    if config.pod.is_primary() && config.restore.is_none() {
         info!(pod = %config.pod, "ordinal 0 is the primary: nothing to clone");
         return Ok(());
     }
-    if config.secret.is_none() {
+    if config.secret.is_none() && !config.pod.is_primary() {
         warn!(
             "no --backup-secret-file: donors are not authenticated, so anyone on the pod network could feed this pod a backup"
         );
@@ -148,11 +193,75 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     let tool = BackupTool::locate(config.tool.as_deref())
         .await
         .map_err(crate::errors::usage)?;
+    // Ordinal 0 restores: the store, the backup and the key are checked before anything is
+    // written, so a wrong one leaves the data dir as it was.
+    let planned = match (&config.restore, config.pod.is_primary()) {
+        (Some(restore), true) => Some(plan_restore(restore, &tool).await?),
+        _ => None,
+    };
     datadir::begin(
         data_dir,
         &format!("pod = {}\nstarted_at = {}\n", config.pod, now()),
     )?;
-    let tool = &tool;
+    let cloned = match (&config.restore, planned) {
+        // Ordinal 0 has no peer to copy: it rebuilds the cluster from the store.
+        (Some(restore), Some(planned)) => {
+            info!(store = %restore.location, backup = %planned.1.name, "ordinal 0 with an empty data dir: restoring from the backup store");
+            restore_from_store(config, &tool, restore, planned, cancel).await
+        }
+        (restore, _) => match from_peers(config, &tool, cancel).await {
+            Err(e) if e.downcast_ref::<NoDonor>().is_some() && restore.is_some() => {
+                let restore = restore.as_ref().expect("checked above");
+                warn!(
+                    store = %restore.location,
+                    reason = %report(&e),
+                    "no peer could serve a clone; restoring from the backup store instead"
+                );
+                match plan_restore(restore, &tool).await {
+                    Ok(planned) => {
+                        restore_from_store(config, &tool, restore, planned, cancel).await
+                    }
+                    Err(plan) => Err(plan.context(report(&e))),
+                }
+            }
+            other => other,
+        },
+    };
+    let cloned = match cloned {
+        Ok(cloned) => cloned,
+        Err(e) => {
+            let _ = blocking(datadir::discard_staging, data_dir).await;
+            return Err(e.context(format!("cloning into {}", data_dir.display())));
+        }
+    };
+    let record = format!(
+        "completed_at = {}\nsource = {}\nstream_bytes = {}\nfiles = {}\ncoordinates = {:?}\n",
+        now(),
+        cloned.source,
+        cloned.bytes,
+        cloned.files,
+        cloned.coordinates
+    );
+    blocking(move |d| datadir::commit(d, &record), data_dir).await?;
+    info!(
+        source = %cloned.source,
+        bytes = cloned.bytes,
+        files = cloned.files,
+        elapsed = ?cloned.elapsed,
+        origin = ?cloned.coordinates.origin,
+        position = ?cloned.coordinates.position,
+        "clone complete"
+    );
+    Ok(())
+}
+
+/// A clone from the first peer that can serve one.
+async fn from_peers(
+    config: &Config,
+    tool: &BackupTool,
+    cancel: &CancellationToken,
+) -> Result<Cloned> {
+    let data_dir = &config.data_dir;
     let cloned = from_donors(&config.donors, config.policy, cancel, |donor| {
         let span = info_span!("clone", %donor);
         async move {
@@ -165,32 +274,129 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
         }
         .instrument(span)
     })
+    .await?;
+    Ok(cloned.1)
+}
+
+/// The backup to restore: the store opened, the backup chosen (named, or the newest complete
+/// one), the local tool matched to its server, and its key checked.
+async fn plan_restore(restore: &Restore, tool: &BackupTool) -> Result<(Store, Manifest)> {
+    let store = Store::open(&restore.location, &restore.s3).map_err(crate::errors::usage)?;
+    let manifest = catalog::choose(&store, restore.backup.as_deref()).await?;
+    let server = ServerVersion::parse(&manifest.server.version)?;
+    backup_tool::check_compatible(tool, &server).context("the backup cannot be prepared here")?;
+    restore::check_identities(&store, &manifest, restore.identities.as_deref()).await?;
+    Ok((store, manifest))
+}
+
+/// A clone from the backup store, retried like a donor's transfer when the store fails on
+/// the way, never when the backup itself is wrong.
+async fn restore_from_store(
+    config: &Config,
+    tool: &BackupTool,
+    restore: &Restore,
+    (store, manifest): (Store, Manifest),
+    cancel: &CancellationToken,
+) -> Result<Cloned> {
+    let mut backoff = Backoff::new();
+    let mut failures = 0;
+    loop {
+        let attempt = restore_attempt(config, tool, &store, &manifest, restore, cancel)
+            .instrument(info_span!("restore", store = %restore.location))
+            .await;
+        if cancel.is_cancelled() {
+            return Err(anyhow!(Interrupted).context("restoring from the backup store"));
+        }
+        let e = match attempt {
+            Ok(cloned) => return Ok(cloned),
+            Err(AttemptError::Fatal(e)) => return Err(e),
+            Err(AttemptError::Failed(e)) => e,
+            Err(AttemptError::Unavailable(reason)) => anyhow!(reason),
+        };
+        blocking(datadir::discard_staging, &config.data_dir).await?;
+        failures += 1;
+        warn!(failures, max = config.policy.max_attempts, error = %report(&e), "restore attempt failed");
+        if failures >= config.policy.max_attempts {
+            return Err(e.context(format!(
+                "giving up after {failures} failed restore attempts"
+            )));
+        }
+        backoff
+            .wait(cancel)
+            .await
+            .context("waiting to retry the restore")?;
+    }
+}
+
+/// One restore: the backup chosen, fetched, checked object by object, unpacked and decoded
+/// into staging, then verified and prepared like a peer's stream.
+async fn restore_attempt(
+    config: &Config,
+    tool: &BackupTool,
+    store: &Store,
+    manifest: &Manifest,
+    restore: &Restore,
+    cancel: &CancellationToken,
+) -> Result<Cloned, AttemptError> {
+    info!(backup = %manifest.name, "restoring {}", manifest.summary_line());
+    let opened = restore::open(store, manifest, restore.identities.is_some())
+        .map_err(AttemptError::Fatal)?;
+    let restore::Opened { stored, check } = opened;
+    let staging = config.data_dir.join(STAGING_DIR);
+    let started = std::time::Instant::now();
+    let progress = Arc::new(Progress::default());
+    let reporter = AbortOnDropHandle::new(tokio::spawn({
+        let progress = Arc::clone(&progress);
+        progress::report("restoring", config.progress_interval, started, move || {
+            sample(&progress)
+        })
+    }));
+    let transfer = receive::Transfer {
+        staging: staging.clone(),
+        flavor: tool.flavor(),
+        stall: config.stall_timeout,
+        secret: None,
+        progress: Arc::clone(&progress),
+        cancel: cancel.clone(),
+    };
+    let identities = restore.identities.clone();
+    let encrypted = manifest.encryption.is_some();
+    let decoded = tokio::task::spawn_blocking(move || -> Result<Summary> {
+        let input = packing::unpack(stored, identities.as_deref().filter(|_| encrypted))?;
+        receive::decode(input, transfer)
+    })
     .await;
-    let (donor, cloned) = match cloned {
-        Ok(cloned) => cloned,
+    drop(reporter);
+    let summary = match decoded {
+        Ok(Ok(summary)) => summary,
+        Ok(Err(e)) => {
+            let e = check.explain(e).await;
+            return Err(if e.to_string().contains("does not match the manifest") {
+                AttemptError::Fatal(e)
+            } else {
+                AttemptError::from_transfer(e)
+            });
+        }
         Err(e) => {
-            let _ = blocking(datadir::discard_staging, data_dir).await;
-            return Err(e.context(format!("cloning into {}", data_dir.display())));
+            return Err(AttemptError::Failed(anyhow!(
+                "the restoring thread failed: {e}"
+            )));
         }
     };
-    let record = format!(
-        "completed_at = {}\ndonor = {donor}\nstream_bytes = {}\nfiles = {}\ncoordinates = {:?}\n",
-        now(),
-        cloned.bytes,
-        cloned.files,
-        cloned.coordinates
-    );
-    blocking(move |d| datadir::commit(d, &record), data_dir).await?;
-    info!(
-        %donor,
-        bytes = cloned.bytes,
-        files = cloned.files,
-        elapsed = ?cloned.elapsed,
-        origin = ?cloned.coordinates.origin,
-        position = ?cloned.coordinates.position,
-        "clone complete"
-    );
-    Ok(())
+    check.finish().await.map_err(AttemptError::Fatal)?;
+    let cloned = finish_attempt(config, tool, &summary, started, cancel).await?;
+    if cloned.coordinates != manifest.coordinates {
+        return Err(AttemptError::Fatal(anyhow!(
+            "backup {}: its files say {:?}, its manifest {:?}",
+            manifest.name,
+            cloned.coordinates,
+            manifest.coordinates
+        )));
+    }
+    Ok(Cloned {
+        source: format!("backup {} in {}", manifest.name, store.location),
+        ..cloned
+    })
 }
 
 /// Tries `donors` in order, round after round with back-off, until one `attempt` succeeds.
@@ -242,11 +448,10 @@ where
             }
         }
         if !reasons.is_empty() && waiting_since.elapsed() >= policy.donor_wait {
-            bail!(
-                "no donor could serve a backup for {}: {}",
-                humantime::format_duration(policy.donor_wait),
-                reasons.join("; ")
-            );
+            return Err(anyhow::Error::new(NoDonor {
+                waited: policy.donor_wait,
+                reasons,
+            }));
         }
         let delay = backoff.next_delay();
         info!(retry_in = ?delay, "no backup yet; retrying the donors");
@@ -273,7 +478,7 @@ async fn attempt(
         })
     }));
     let transfer = receive::Transfer {
-        staging: staging.clone(),
+        staging,
         flavor: tool.flavor(),
         stall: config.stall_timeout,
         secret: config.secret.clone(),
@@ -283,11 +488,27 @@ async fn attempt(
     let received = receive::receive(donor, transfer).await;
     drop(reporter);
     let summary = received?;
+    Ok(Cloned {
+        source: format!("donor {donor}"),
+        ..finish_attempt(config, tool, &summary, started, cancel).await?
+    })
+}
+
+/// What every source's stream goes through once it sits in staging: the backup's metadata
+/// read, completeness and coordinates checked, the tool matched to the backup, prepare.
+async fn finish_attempt(
+    config: &Config,
+    tool: &BackupTool,
+    summary: &Summary,
+    started: std::time::Instant,
+    cancel: &CancellationToken,
+) -> Result<Cloned, AttemptError> {
+    let staging = config.data_dir.join(STAGING_DIR);
     let failed = AttemptError::from_transfer;
     let meta = blocking(BackupMetadata::read, &staging)
         .await
         .map_err(failed)?;
-    verify::complete(&summary, &meta, config.require_end_marker).map_err(failed)?;
+    verify::complete(summary, &meta, config.require_end_marker).map_err(failed)?;
     let coordinates = verify::coordinates(&meta).map_err(failed)?;
     let elapsed = started.elapsed();
     info!(
@@ -302,6 +523,7 @@ async fn attempt(
     prepare(tool, &staging, cancel).await.map_err(failed)?;
     crate::crash_point!("clone-after-prepare");
     Ok(Cloned {
+        source: String::new(),
         bytes: summary.bytes,
         files: summary.files,
         coordinates,

@@ -92,9 +92,22 @@ pub struct Transfer {
     pub cancel: CancellationToken,
 }
 
-/// Connects to `donor` and decodes its backup into the staging directory (which must not
-/// exist yet).
-pub async fn receive(donor: &Donor, transfer: Transfer) -> Result<Summary, AttemptError> {
+/// A donor's stream after the opening exchange.
+pub struct DonorStream {
+    /// Everything the donor sends from the first byte of the stream on, under the stall
+    /// rule. Blocking reads: use it off the async threads.
+    pub input: Box<dyn Read + Send>,
+    /// Shuts the socket down on cancellation, which ends a blocked read; stops when dropped.
+    pub watcher: AbortOnDropHandle<()>,
+}
+
+/// Connects to `donor` and plays the opening exchange; the stream follows.
+pub async fn open(
+    donor: &Donor,
+    secret: Option<&BackupSecret>,
+    stall: Duration,
+    cancel: &CancellationToken,
+) -> Result<DonorStream, AttemptError> {
     let unavailable = |e: anyhow::Error| AttemptError::Unavailable(crate::errors::report(&e));
     let socket = tokio::time::timeout(
         DONOR_CONNECT_TIMEOUT,
@@ -108,11 +121,8 @@ pub async fn receive(donor: &Donor, transfer: Transfer) -> Result<Summary, Attem
     sockets::tune(&socket).map_err(AttemptError::Failed)?;
     let mut reader = BufReader::new(socket);
     let opened = tokio::select! {
-        opened = tokio::time::timeout(
-            transfer.stall,
-            protocol::client_open(&mut reader, transfer.secret.as_ref()),
-        ) => opened,
-        () = transfer.cancel.cancelled() => {
+        opened = tokio::time::timeout(stall, protocol::client_open(&mut reader, secret)) => opened,
+        () = cancel.cancelled() => {
             return Err(AttemptError::Failed(anyhow!("interrupted by shutdown")));
         }
     };
@@ -120,7 +130,7 @@ pub async fn receive(donor: &Donor, transfer: Transfer) -> Result<Summary, Attem
         Err(_) => {
             return Err(AttemptError::Failed(anyhow!(
                 "the donor said nothing for {} (see --stall-timeout)",
-                humantime::format_duration(transfer.stall)
+                humantime::format_duration(stall)
             )));
         }
         Ok(Ok(head)) => head,
@@ -137,36 +147,47 @@ pub async fn receive(donor: &Donor, transfer: Transfer) -> Result<Summary, Attem
         .into_inner()
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
-        .and_then(|s| s.set_read_timeout(Some(transfer.stall)).map(|()| s))
+        .and_then(|s| s.set_read_timeout(Some(stall)).map(|()| s))
         .context("preparing the donor's socket")
         .map_err(AttemptError::Failed)?;
-    // The decoding blocks on the socket; shutting the socket down is what interrupts it.
     let shutter = socket
         .try_clone()
         .context("duplicating the donor's socket")
         .map_err(AttemptError::Failed)?;
-    let _watcher = AbortOnDropHandle::new(tokio::spawn({
-        let cancel = transfer.cancel.clone();
+    let watcher = AbortOnDropHandle::new(tokio::spawn({
+        let cancel = cancel.clone();
         async move {
             cancel.cancelled().await;
             let _ = shutter.shutdown(Shutdown::Both);
         }
     }));
-    let stall = transfer.stall;
     let input = Cursor::new(head)
         .chain(Cursor::new(buffered))
         .chain(Stalling {
             inner: socket,
             watch: StallWatch::new(stall, Instant::now()),
         });
-    tokio::task::spawn_blocking(move || decode(input, transfer))
-        .await
+    Ok(DonorStream {
+        input: Box::new(input),
+        watcher,
+    })
+}
+
+/// Connects to `donor` and decodes its backup into the staging directory (which must not
+/// exist yet).
+pub async fn receive(donor: &Donor, transfer: Transfer) -> Result<Summary, AttemptError> {
+    let stall = transfer.stall;
+    let stream = open(donor, transfer.secret.as_ref(), stall, &transfer.cancel).await?;
+    let DonorStream { input, watcher } = stream;
+    let decoded = tokio::task::spawn_blocking(move || decode(input, transfer)).await;
+    drop(watcher);
+    decoded
         .map_err(|e| AttemptError::Failed(anyhow!("the receiving thread failed: {e}")))?
         .map_err(|e| AttemptError::from_transfer(explain_stall(e, stall)))
 }
 
 /// Decodes `input` into a new staging directory.
-fn decode(input: impl Read, transfer: Transfer) -> Result<Summary> {
+pub fn decode(input: impl Read, transfer: Transfer) -> Result<Summary> {
     std::fs::create_dir(&transfer.staging)
         .with_context(|| format!("creating {}", transfer.staging.display()))?;
     let mut sink = DirSink::new(&transfer.staging)?;
@@ -181,7 +202,7 @@ fn decode(input: impl Read, transfer: Transfer) -> Result<Summary> {
 }
 
 /// A read timeout surfaces as EAGAIN; say what it means.
-fn explain_stall(e: anyhow::Error, stall: Duration) -> anyhow::Error {
+pub fn explain_stall(e: anyhow::Error, stall: Duration) -> anyhow::Error {
     let timed_out = e.chain().any(|cause| {
         cause.downcast_ref::<io::Error>().is_some_and(|io| {
             matches!(

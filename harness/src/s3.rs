@@ -1,0 +1,165 @@
+//! A real S3 server for the backup tests and the benchmark: Garage (a production
+//! self-hosted S3 store, built from crates.io by `scripts/setup-s3.sh`), single node, on a
+//! loopback address of its own, with one bucket and one key. It is stopped by pid when
+//! dropped. Only the S3 API is spoken to it, so another server works the same way.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// The region the server answers for; clients must sign for it.
+pub const REGION: &str = "garage";
+/// Fixed test credentials (Garage's format: `GK` and 24 hex digits; a 64-digit secret).
+pub const ACCESS_KEY: &str = "GK0123456789abcdef01234567";
+pub const SECRET_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+/// How long the server may take to answer after starting.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where `scripts/setup-s3.sh` installs Garage, unless `MYSQL_AGENT_GARAGE` says otherwise.
+pub fn garage_binary() -> PathBuf {
+    std::env::var_os("MYSQL_AGENT_GARAGE").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/garage"),
+        PathBuf::from,
+    )
+}
+
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    /// Starts Garage on `addr` (ports 3900-3903) with data under `dir` (emptied first) and
+    /// bucket `bucket`, and waits until `agent list-backups` can list it.
+    pub async fn garage(dir: &Path, addr: Ipv4Addr, bucket: &str, agent: &Path) -> Result<Self> {
+        let binary = garage_binary();
+        ensure!(
+            binary.is_file(),
+            "Garage is not installed at {} (run scripts/setup-s3.sh)",
+            binary.display()
+        );
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+        }
+        fs::create_dir_all(dir.join("meta"))?;
+        fs::create_dir_all(dir.join("data"))?;
+        let random = |n: usize| -> Result<String> {
+            let mut bytes = vec![0u8; n];
+            std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut bytes)?;
+            Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        };
+        let config = dir.join("garage.toml");
+        fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\n\
+                 replication_factor = 1\nrpc_bind_addr = \"{addr}:3901\"\nrpc_public_addr = \"{addr}:3901\"\n\
+                 rpc_secret = \"{rpc}\"\n\n[s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"{addr}:3900\"\n\
+                 root_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"{addr}:3903\"\n\
+                 admin_token = \"{admin}\"\n",
+                d = dir.display(),
+                rpc = random(32)?,
+                admin = random(32)?,
+            ),
+        )?;
+        let log = fs::File::create(dir.join("garage.log"))?;
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_DEFAULT_ACCESS_KEY", ACCESS_KEY)
+            .env("GARAGE_DEFAULT_SECRET_KEY", SECRET_KEY)
+            .env("GARAGE_DEFAULT_BUCKET", bucket)
+            .env("RUST_LOG", "garage=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let server = Self {
+            endpoint: format!("http://{addr}:3900"),
+            bucket: bucket.to_owned(),
+            dir: dir.to_owned(),
+            child: Some(child),
+        };
+        server.wait_ready(agent).await?;
+        Ok(server)
+    }
+
+    /// The environment an S3 client needs for this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_REGION", REGION),
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// `s3://<bucket>/<prefix>`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    async fn wait_ready(&self, agent: &Path) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let out = Command::new(agent)
+                .args(["list-backups", &self.url("")])
+                .envs(self.env())
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .context("running list-backups")?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Garage at {} did not serve within {START_TIMEOUT:?}: {}\n{}",
+                    self.endpoint,
+                    String::from_utf8_lossy(&out.stderr),
+                    crate::tail(&self.dir.join("garage.log"), 10)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL) and waits for it.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}
