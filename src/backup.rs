@@ -80,7 +80,7 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     let tool = BackupTool::locate(config.tool.as_deref())
         .await
         .map_err(usage)?;
-    let store = Store::open(&config.location, &config.s3).map_err(usage)?;
+    let store = Store::open(&config.location, &config.s3, true).map_err(usage)?;
     // Reach the store before loading any donor: wrong credentials or a missing bucket fail
     // here, with nothing taken and nothing written.
     let before = catalog::list(&store)
@@ -269,15 +269,19 @@ async fn take(
     let uploaded = upload
         .await
         .map_err(|e| AttemptError::Failed(anyhow!("the upload task failed: {e}")))?;
-    // The upload's own error explains a broken pipe on the reading side: it comes first.
+    // When both sides failed, one caused the other: a reading side that stopped (a bad
+    // stream) abandons the upload, and an upload that stopped breaks the reading side's pipe.
     let objects = match (decoded, uploaded) {
-        (_, Err(e)) => return Err(AttemptError::Failed(e)),
-        (Err(e), Ok(_)) => {
+        (Ok(decoded), Ok(objects)) => (decoded, objects),
+        (Ok(_), Err(upload)) => return Err(AttemptError::Failed(upload)),
+        (Err(read), Err(upload)) if broke_on_upload(&read) => {
+            return Err(AttemptError::Failed(upload));
+        }
+        (Err(read), _) => {
             return Err(AttemptError::from_transfer(receive::explain_stall(
-                e, stall,
+                read, stall,
             )));
         }
-        (Ok(decoded), Ok(objects)) => (decoded, objects),
     };
     let ((summary, sink), objects) = objects;
     let meta =
@@ -294,6 +298,43 @@ async fn take(
         summary,
         meta,
         objects,
+    })
+}
+
+/// Uploads `input` as the objects of `name` exactly as a backup's packed stream is uploaded
+/// (same parts, same concurrency, same client), with nothing before it: what the store alone
+/// takes, for the benchmark's baseline.
+pub async fn store_stream(
+    store: &Store,
+    name: &str,
+    input: impl Read + Send + 'static,
+) -> Result<Vec<StoredObject>> {
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let upload = AbortOnDropHandle::new(tokio::spawn(upload(
+        store.clone(),
+        name.to_owned(),
+        ".bin",
+        rx,
+    )));
+    let fed = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let mut input = input;
+        let mut out = ChannelWriter::new(tx);
+        io::copy(&mut input, &mut out)?;
+        out.end()
+    })
+    .await
+    .context("the feeding thread failed")?;
+    let objects = upload.await.context("the upload task failed")??;
+    fed.context("feeding the upload")?;
+    Ok(objects)
+}
+
+/// Whether the reading side failed because the upload stopped taking its output.
+fn broke_on_upload(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
 }
 

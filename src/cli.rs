@@ -307,13 +307,9 @@ pub struct CloneArgs {
     )]
     pub backup: Option<String>,
 
-    /// The age private key(s) an encrypted backup is restored with (age-keygen's file)
-    #[arg(
-        long,
-        env = "MYSQL_AGENT_AGE_IDENTITY_FILE",
-        value_name = "PATH",
-        requires = "restore_from"
-    )]
+    /// The age private key(s) an encrypted backup is restored with (age-keygen's file); read
+    /// only when --restore-from is given, so a manifest can set it once
+    #[arg(long, env = "MYSQL_AGENT_AGE_IDENTITY_FILE", value_name = "PATH")]
     pub age_identity_file: Option<PathBuf>,
 }
 
@@ -446,9 +442,10 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub secret: SecretArgs,
 
-    /// zstd compression level (1 fastest … 19 smallest)
+    /// zstd compression level: 1 (fast) to 19 (small); negative levels (down to -7) are
+    /// zstd's faster, larger ones, for a backup host short of CPU
     #[arg(long, env = "MYSQL_AGENT_COMPRESSION_LEVEL", value_name = "N", default_value_t = packing::DEFAULT_LEVEL,
-          value_parser = clap::value_parser!(i32).range(1..=19))]
+          value_parser = clap::value_parser!(i32).range(-7..=19), allow_negative_numbers = true)]
     pub compression_level: i32,
 
     /// Encrypt the backup with age to the public key(s) in this file (age1… lines): whoever

@@ -18,6 +18,7 @@ pub enum Position {
     /// The MySQL GTID set the data contains (`gtid_purged` then auto-positioning).
     MysqlGtid { gtid_set: String },
     /// The MariaDB GTID position the data contains (`gtid_slave_pos`).
+    #[serde(rename = "mariadb-gtid")]
     MariaDbGtid { gtid_pos: String },
 }
 

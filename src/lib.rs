@@ -83,7 +83,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
 /// `list-backups`: one line per complete backup, newest first, or JSON.
 async fn list_backups(args: cli::ListBackupsArgs) -> Result<()> {
     let store =
-        store::Store::open(&args.location, &store::S3Settings::from_env()).map_err(usage)?;
+        store::Store::open(&args.location, &store::S3Settings::from_env(), false).map_err(usage)?;
     let listing = catalog::list(&store)
         .await
         .map_err(|e| e.context(format!("listing {}", args.location)))?;

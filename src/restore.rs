@@ -23,24 +23,49 @@ use crate::store::Store;
 /// Chunks of stored bytes in flight between the fetcher and the reader.
 const CHANNEL_CHUNKS: usize = 16;
 
-/// What the fetcher found wrong, if anything: a checksum that does not match, or a store
-/// that failed.
+/// A stored object that does not match its manifest: damaged or altered in the store. No
+/// retry helps.
+#[derive(Debug)]
+pub struct Damaged(pub String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// What the fetcher found wrong, if anything: a checksum that does not match (damaged), or a
+/// store that failed.
 #[derive(Debug, Clone, Default)]
-struct Verdict(Arc<Mutex<Option<String>>>);
+struct Verdict(Arc<Mutex<Option<(String, bool)>>>);
 
 impl Verdict {
-    fn set(&self, problem: String) {
+    fn set(&self, problem: String, damaged: bool) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(problem);
+            .get_or_insert((problem, damaged));
     }
 
-    fn problem(&self) -> Option<String> {
+    /// The problem, and whether it is damage.
+    fn found(&self) -> Option<(String, bool)> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The problem as an error: [`Damaged`] when an object did not match.
+    fn problem(&self) -> Option<anyhow::Error> {
+        self.found().map(|(problem, damaged)| {
+            if damaged {
+                anyhow::Error::new(Damaged(problem))
+            } else {
+                anyhow!(problem)
+            }
+        })
     }
 }
 
@@ -67,7 +92,7 @@ impl Check {
     pub async fn finish(self) -> Result<()> {
         let _ = tokio::time::timeout(crate::store::REQUEST_TIMEOUT, self.fetcher).await;
         match self.verdict.problem() {
-            Some(problem) => Err(anyhow!(problem)),
+            Some(problem) => Err(problem),
             None => Ok(()),
         }
     }
@@ -79,8 +104,10 @@ impl Check {
         // Bounded: the fetcher reads at most the rest of one object, under the store's
         // timeouts.
         let _ = tokio::time::timeout(crate::store::REQUEST_TIMEOUT, self.fetcher).await;
-        match self.verdict.problem() {
-            Some(problem) => error.context(problem),
+        // The store's finding leads: the downstream error is its consequence.
+        match self.verdict.found() {
+            Some((problem, true)) => error.context(Damaged(problem)),
+            Some((problem, false)) => error.context(problem),
             None => error,
         }
     }
@@ -172,7 +199,7 @@ async fn fetch(
             Ok(result) => result.into_stream(),
             Err(e) => {
                 let problem = format!("reading {path} from {}: {e}", store.location);
-                verdict.set(problem.clone());
+                verdict.set(problem.clone(), false);
                 let _ = tx.send(Err(io::Error::other(problem))).await;
                 return;
             }
@@ -182,7 +209,7 @@ async fn fetch(
                 Ok(chunk) => chunk,
                 Err(e) => {
                     let problem = format!("reading {path} from {}: {e}", store.location);
-                    verdict.set(problem.clone());
+                    verdict.set(problem.clone(), false);
                     let _ = tx.send(Err(io::Error::other(problem))).await;
                     return;
                 }
@@ -201,7 +228,7 @@ async fn fetch(
                 "{path} does not match the manifest: SHA-256 {sha256} over {bytes} bytes, the manifest says {} over {} bytes (the stored object was altered or damaged)",
                 object.sha256, object.bytes
             );
-            verdict.set(problem.clone());
+            verdict.set(problem.clone(), true);
             let _ = tx.send(Err(io::Error::other(problem))).await;
             return;
         }
@@ -229,5 +256,134 @@ impl Read for ChannelReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
+    }
+}
+
+/// Bytes a read-ahead thread hands on at a time, and how many may wait.
+const READ_AHEAD_CHUNK: usize = 1 << 20;
+const READ_AHEAD_DEPTH: usize = 8;
+
+/// Runs `open` and reads what it returns on a thread of its own, [`READ_AHEAD_CHUNK`] at a
+/// time: decryption and decompression then overlap the decoding and the writes, instead of
+/// taking turns with them on one thread. Errors arrive in order, as reads.
+pub fn read_ahead(
+    open: impl FnOnce() -> Result<Box<dyn Read + Send>> + Send + 'static,
+) -> io::Result<impl Read + Send> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD_DEPTH);
+    std::thread::Builder::new()
+        .name("restore-unpack".into())
+        .spawn(move || {
+            let mut input = match open() {
+                Ok(input) => input,
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(format!("{e:#}"))));
+                    return;
+                }
+            };
+            loop {
+                let mut chunk = vec![0u8; READ_AHEAD_CHUNK];
+                let mut filled = 0;
+                let result = loop {
+                    match input.read(&mut chunk[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == chunk.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                let done = filled < chunk.len();
+                chunk.truncate(filled);
+                // A closed receiver means the reader is gone: stop.
+                if !chunk.is_empty() && tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                if done {
+                    return;
+                }
+            }
+        })?;
+    Ok(ChunkReader {
+        rx,
+        current: Vec::new(),
+        at: 0,
+    })
+}
+
+/// The reading end of [`read_ahead`].
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread ended after its last chunk: the end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_ahead_passes_bytes_and_errors_in_order() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i % 253) as u8).collect();
+        let source = data.clone();
+        let mut reader =
+            read_ahead(move || Ok(Box::new(io::Cursor::new(source)) as Box<dyn Read + Send>))
+                .unwrap();
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).unwrap();
+        assert!(out == data);
+
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("decryption failed"));
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(7);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let mut reader = read_ahead(|| Ok(Box::new(Failing(10)) as Box<dyn Read + Send>)).unwrap();
+        let mut out = Vec::new();
+        let err = reader.read_to_end(&mut out).unwrap_err();
+        assert_eq!(out, vec![7; 10]);
+        assert!(err.to_string().contains("decryption failed"));
+        let mut reader = read_ahead(|| Err(anyhow!("no such key"))).unwrap();
+        assert!(
+            reader
+                .read(&mut [0u8; 4])
+                .unwrap_err()
+                .to_string()
+                .contains("no such key")
+        );
     }
 }

@@ -148,14 +148,18 @@ fn install_crypto_provider() {
 }
 
 impl Store {
-    /// Opens `location`; S3 settings come from `s3`. Nothing is contacted yet.
-    pub fn open(location: &Location, s3: &S3Settings) -> Result<Self> {
+    /// Opens `location`; S3 settings come from `s3`. Nothing is contacted yet. A directory is
+    /// created only when `create` (a backup writes into it; a listing or a restore reads).
+    pub fn open(location: &Location, s3: &S3Settings, create: bool) -> Result<Self> {
         let (inner, prefix): (Arc<dyn ObjectStore>, String) = match location {
             Location::File { dir } => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating the backup directory {}", dir.display()))?;
+                if create {
+                    std::fs::create_dir_all(dir).with_context(|| {
+                        format!("creating the backup directory {}", dir.display())
+                    })?;
+                }
                 let fs = LocalFileSystem::new_with_prefix(dir)
-                    .with_context(|| format!("opening {}", dir.display()))?;
+                    .with_context(|| format!("opening the backup directory {}", dir.display()))?;
                 (Arc::new(fs), String::new())
             }
             Location::S3 { bucket, prefix } => {
@@ -296,6 +300,7 @@ mod tests {
                 dir: dir.path().to_owned(),
             },
             &S3Settings::default(),
+            false,
         )
         .unwrap();
         assert_eq!(
@@ -308,6 +313,7 @@ mod tests {
                 endpoint: Some("http://127.0.0.1:1".into()),
                 ..S3Settings::default()
             },
+            false,
         )
         .unwrap();
         let path = s3.path("b1/manifest.json");
@@ -319,6 +325,7 @@ mod tests {
                 endpoint: Some("127.0.0.1:3900".into()),
                 ..S3Settings::default()
             },
+            false,
         );
         assert!(format!("{:#}", bad.unwrap_err()).contains("AWS_ENDPOINT_URL"));
     }

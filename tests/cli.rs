@@ -25,7 +25,13 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn help_documents_every_flag_and_its_environment_variable() {
     let top = String::from_utf8(agent(&["--help"]).stdout).unwrap();
-    for mode in ["init-config", "clone", "serve-backup"] {
+    for mode in [
+        "init-config",
+        "clone",
+        "serve-backup",
+        "backup",
+        "list-backups",
+    ] {
         assert!(top.contains(mode), "{top}");
     }
     let contract: &[(&str, &[(&str, &str)])] = &[
@@ -55,8 +61,31 @@ fn help_documents_every_flag_and_its_environment_variable() {
                 ("--progress-interval", "MYSQL_AGENT_PROGRESS_INTERVAL"),
                 ("--log-format", "MYSQL_AGENT_LOG_FORMAT"),
                 ("--termination-log", "MYSQL_AGENT_TERMINATION_LOG"),
+                ("--restore-from", "MYSQL_AGENT_RESTORE_FROM"),
+                ("--backup", "MYSQL_AGENT_RESTORE_BACKUP"),
+                ("--age-identity-file", "MYSQL_AGENT_AGE_IDENTITY_FILE"),
             ],
         ),
+        (
+            "backup",
+            &[
+                ("--to", "MYSQL_AGENT_BACKUP_TO"),
+                ("--donor", "MYSQL_AGENT_DONORS"),
+                ("--statefulset", "MYSQL_AGENT_STATEFULSET"),
+                ("--service", "MYSQL_AGENT_SERVICE"),
+                ("--replicas", "MYSQL_AGENT_REPLICAS"),
+                ("--backup-tool", "MYSQL_AGENT_BACKUP_TOOL"),
+                ("--max-attempts", "MYSQL_AGENT_MAX_ATTEMPTS"),
+                ("--donor-wait", "MYSQL_AGENT_DONOR_WAIT"),
+                ("--stall-timeout", "MYSQL_AGENT_STALL_TIMEOUT"),
+                ("--backup-secret-file", "MYSQL_AGENT_BACKUP_SECRET_FILE"),
+                ("--compression-level", "MYSQL_AGENT_COMPRESSION_LEVEL"),
+                ("--age-recipient-file", "MYSQL_AGENT_AGE_RECIPIENT_FILE"),
+                ("--keep", "MYSQL_AGENT_KEEP"),
+                ("--progress-interval", "MYSQL_AGENT_PROGRESS_INTERVAL"),
+            ],
+        ),
+        ("list-backups", &[("--json", "MYSQL_AGENT_LIST_JSON")]),
         (
             "serve-backup",
             &[
@@ -84,6 +113,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
                 ("--http-listen", "MYSQL_AGENT_HTTP_LISTEN"),
                 ("--max-replication-lag", "MYSQL_AGENT_MAX_REPLICATION_LAG"),
                 ("--progress-interval", "MYSQL_AGENT_PROGRESS_INTERVAL"),
+                ("--stall-timeout", "MYSQL_AGENT_STALL_TIMEOUT"),
             ],
         ),
     ];
@@ -471,6 +501,35 @@ fn bad_input_is_refused_before_any_work() {
             &["--conf-dir", &path("missing")],
         ),
         &["--conf-dir", "missing"],
+        &data,
+    );
+    // The backup and restore flags.
+    refused(
+        &args(&["backup", "--to", "gs://bucket/x"], &[]),
+        &["backup location \"gs://bucket/x\""],
+        &data,
+    );
+    refused(
+        &args(
+            &["backup", "--to", &format!("file://{data_s}")],
+            &["--age-recipient-file", &path("a-file")],
+        ),
+        &["--age-recipient-file", "a-file", "age1"],
+        &data,
+    );
+    refused(
+        &clone(&["--restore-from", "s3://Bad_Bucket/x"]),
+        &["not a bucket name"],
+        &data,
+    );
+    refused(
+        &clone(&[
+            "--restore-from",
+            "s3://backups/x",
+            "--age-identity-file",
+            &path("missing"),
+        ]),
+        &["--age-identity-file", "missing"],
         &data,
     );
 }

@@ -108,7 +108,7 @@ async fn tutorial_write_read_and_scale_to_four() {
     cluster.scale_to(4).await.unwrap();
     let clone_log = read(&cluster.pod(3).log("clone"));
     assert!(
-        clone_log.contains("clone complete donor=mysql-2.e2e:3307"),
+        clone_log.contains("clone complete source=donor mysql-2.e2e:3307"),
         "{clone_log}"
     );
     assert!(clone_log.contains("origin=Replica"), "{clone_log}");

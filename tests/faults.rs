@@ -185,7 +185,10 @@ async fn fault_2_donor_killed_mid_stream() {
     cluster.pod(n).clone_data(&[]).await.unwrap();
     let log = read(&cluster.pod(n).log("clone"));
     assert!(
-        log.contains(&format!("clone complete donor={}", cluster.primary().host)),
+        log.contains(&format!(
+            "clone complete source=donor {}",
+            cluster.primary().host
+        )),
         "{log}"
     );
     assert_becomes_a_correct_replica(&mut cluster, n).await;

@@ -15,7 +15,7 @@ use mysql_agent::cli::{DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN};
 use mysql_agent::protocol::DEFAULT_PORT;
 use yaml_rust2::{Yaml, YamlLoader};
 
-const MODES: [&str; 3] = ["init-config", "clone", "serve-backup"];
+const MODES: [&str; 4] = ["init-config", "clone", "serve-backup", "backup"];
 
 fn overlays() -> Vec<std::path::PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/overlays");
@@ -234,16 +234,25 @@ fn every_overlay_matches_the_binary() {
                     .any(|p| p["port"].as_i64() == Some(i64::from(DEFAULT_PORT)))
             })
             .unwrap_or_else(|| panic!("{name}: no ingress rule for the backup port"));
-        assert_eq!(
-            list(&backup_rule["from"]).len(),
-            1,
-            "{name}: the backup port is open to more than the StatefulSet"
-        );
-        assert_eq!(
-            backup_rule["from"][0]["podSelector"]["matchLabels"]["app"].as_str(),
-            Some("mysql"),
-            "{name}"
-        );
+        // 3307 only for the StatefulSet's pods, and the backup job's when there is one.
+        let allowed: Vec<&str> = list(&backup_rule["from"])
+            .iter()
+            .map(|from| {
+                from["podSelector"]["matchLabels"]["app"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: 3307 open beyond a pod selector"))
+            })
+            .collect();
+        let cronjob = docs.iter().find(|d| d["kind"].as_str() == Some("CronJob"));
+        let expected: &[&str] = if cronjob.is_some() {
+            &["mysql", "mysql-backup"]
+        } else {
+            &["mysql"]
+        };
+        assert_eq!(allowed, expected, "{name}");
+        if let Some(cronjob) = cronjob {
+            check_backup_job(&name, cronjob, help_of("backup"));
+        }
 
         // Replicas read-only in the server's own words: MariaDB refuses super-read-only.
         let slave_cnf = find(&docs, "ConfigMap", "mysql")["data"]["slave.cnf"]
@@ -287,4 +296,70 @@ fn every_overlay_matches_the_binary() {
             );
         }
     }
+}
+
+/// The backup CronJob: the agent's `backup` mode with flags and variables it has, no more
+/// access than it needs, the restricted settings, one job at a time.
+fn check_backup_job(name: &str, cronjob: &Yaml, help: &str) {
+    let spec = &cronjob["spec"];
+    assert_eq!(spec["concurrencyPolicy"].as_str(), Some("Forbid"), "{name}");
+    let pod = &spec["jobTemplate"]["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["app"].as_str(),
+        Some("mysql-backup"),
+        "{name}: the job's pods must not match the StatefulSet's selector"
+    );
+    let pod = &pod["spec"];
+    assert_eq!(
+        pod["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true),
+        "{name}"
+    );
+    assert_eq!(
+        pod["automountServiceAccountToken"].as_bool(),
+        Some(false),
+        "{name}"
+    );
+    let containers = list(&pod["containers"]);
+    assert_eq!(containers.len(), 1, "{name}");
+    let job = &containers[0];
+    assert!(is_agent(job), "{name}");
+    let args = strings(&job["args"]);
+    assert_eq!(args, ["backup"], "{name}");
+    for var in env_names(job) {
+        assert!(
+            help.contains(&format!("[env: {var}=")),
+            "{name}: backup reads no {var}"
+        );
+    }
+    let security = &job["securityContext"];
+    assert_eq!(
+        security["readOnlyRootFilesystem"].as_bool(),
+        Some(true),
+        "{name}"
+    );
+    assert_eq!(
+        security["allowPrivilegeEscalation"].as_bool(),
+        Some(false),
+        "{name}"
+    );
+    assert_eq!(
+        strings(&security["capabilities"]["drop"]),
+        ["ALL"],
+        "{name}"
+    );
+    assert!(
+        !job["resources"]["limits"]["memory"].is_badvalue(),
+        "{name}"
+    );
+    // Of the StatefulSet's Secret, the job sees the backup secret only: no password.
+    let credentials = list(&pod["volumes"])
+        .iter()
+        .find(|v| v["secret"]["secretName"].as_str() == Some("mysql-credentials"))
+        .unwrap_or_else(|| panic!("{name}: the job has no backup secret"));
+    let keys: Vec<&str> = list(&credentials["secret"]["items"])
+        .iter()
+        .filter_map(|i| i["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["backup-secret"], "{name}");
 }

@@ -1,7 +1,8 @@
-//! A real S3 server for the backup tests and the benchmark: Garage (a production
-//! self-hosted S3 store, built from crates.io by `scripts/setup-s3.sh`), single node, on a
-//! loopback address of its own, with one bucket and one key. It is stopped by pid when
-//! dropped. Only the S3 API is spoken to it, so another server works the same way.
+//! Real S3 servers for the backup tests and the benchmark, each on a loopback address of its
+//! own with one bucket and one key, stopped by pid when dropped: Garage (a production
+//! self-hosted S3 store, built from crates.io by `scripts/setup-s3.sh`), and SeaweedFS (the
+//! upstream binary, installed from PyPI by the same script) as a second implementation. Only
+//! the S3 API is spoken to them.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -22,6 +23,15 @@ pub const SECRET_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef01
 /// How long the server may take to answer after starting.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Where `scripts/setup-s3.sh` installs SeaweedFS's `weed`, unless `MYSQL_AGENT_WEED` says
+/// otherwise.
+pub fn weed_binary() -> PathBuf {
+    std::env::var_os("MYSQL_AGENT_WEED").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/venv/bin/weed"),
+        PathBuf::from,
+    )
+}
+
 /// Where `scripts/setup-s3.sh` installs Garage, unless `MYSQL_AGENT_GARAGE` says otherwise.
 pub fn garage_binary() -> PathBuf {
     std::env::var_os("MYSQL_AGENT_GARAGE").map_or_else(
@@ -32,6 +42,7 @@ pub fn garage_binary() -> PathBuf {
 
 pub struct S3Server {
     pub endpoint: String,
+    pub region: String,
     pub bucket: String,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -88,6 +99,52 @@ impl S3Server {
             .with_context(|| format!("starting {}", binary.display()))?;
         let server = Self {
             endpoint: format!("http://{addr}:3900"),
+            region: REGION.to_owned(),
+            bucket: bucket.to_owned(),
+            dir: dir.to_owned(),
+            child: Some(child),
+        };
+        server.wait_ready(agent).await?;
+        Ok(server)
+    }
+
+    /// Starts SeaweedFS (`weed mini`: master, volume, filer and S3 in one process) on `addr`
+    /// with data under `dir` (emptied first) and bucket `bucket`.
+    pub async fn seaweedfs(dir: &Path, addr: Ipv4Addr, bucket: &str, agent: &Path) -> Result<Self> {
+        let binary = weed_binary();
+        ensure!(
+            binary.is_file(),
+            "SeaweedFS is not installed at {} (run scripts/setup-s3.sh)",
+            binary.display()
+        );
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+        }
+        fs::create_dir_all(dir.join("data"))?;
+        let config = dir.join("s3.json");
+        fs::write(
+            &config,
+            format!(
+                "{{\"identities\":[{{\"name\":\"agent\",\"credentials\":[{{\"accessKey\":\"{ACCESS_KEY}\",\"secretKey\":\"{SECRET_KEY}\"}}],\"actions\":[\"Admin\",\"Read\",\"List\",\"Tagging\",\"Write\"]}}]}}"
+            ),
+        )?;
+        let log = fs::File::create(dir.join("weed.log"))?;
+        let child = Command::new(&binary)
+            .arg("mini")
+            .arg(format!("-dir={}", dir.join("data").display()))
+            .arg(format!("-ip={addr}"))
+            .arg(format!("-ip.bind={addr}"))
+            .arg(format!("-s3.config={}", config.display()))
+            .arg(format!("-bucket={bucket}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let server = Self {
+            endpoint: format!("http://{addr}:8333"),
+            region: "us-east-1".into(),
             bucket: bucket.to_owned(),
             dir: dir.to_owned(),
             child: Some(child),
@@ -101,7 +158,7 @@ impl S3Server {
         [
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-            ("AWS_REGION", REGION),
+            ("AWS_REGION", self.region.as_str()),
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
         ]
         .into_iter()
@@ -129,10 +186,11 @@ impl S3Server {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "Garage at {} did not serve within {START_TIMEOUT:?}: {}\n{}",
+                    "the S3 server at {} did not serve within {START_TIMEOUT:?}: {}\n{}",
                     self.endpoint,
                     String::from_utf8_lossy(&out.stderr),
                     crate::tail(&self.dir.join("garage.log"), 10)
+                        + &crate::tail(&self.dir.join("weed.log"), 10)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -281,7 +281,7 @@ async fn from_peers(
 /// The backup to restore: the store opened, the backup chosen (named, or the newest complete
 /// one), the local tool matched to its server, and its key checked.
 async fn plan_restore(restore: &Restore, tool: &BackupTool) -> Result<(Store, Manifest)> {
-    let store = Store::open(&restore.location, &restore.s3).map_err(crate::errors::usage)?;
+    let store = Store::open(&restore.location, &restore.s3, false).map_err(crate::errors::usage)?;
     let manifest = catalog::choose(&store, restore.backup.as_deref()).await?;
     let server = ServerVersion::parse(&manifest.server.version)?;
     backup_tool::check_compatible(tool, &server).context("the backup cannot be prepared here")?;
@@ -362,7 +362,10 @@ async fn restore_attempt(
     let identities = restore.identities.clone();
     let encrypted = manifest.encryption.is_some();
     let decoded = tokio::task::spawn_blocking(move || -> Result<Summary> {
-        let input = packing::unpack(stored, identities.as_deref().filter(|_| encrypted))?;
+        let input = restore::read_ahead(move || {
+            packing::unpack(stored, identities.as_deref().filter(|_| encrypted))
+        })
+        .context("starting the unpacking thread")?;
         receive::decode(input, transfer)
     })
     .await;
@@ -371,7 +374,7 @@ async fn restore_attempt(
         Ok(Ok(summary)) => summary,
         Ok(Err(e)) => {
             let e = check.explain(e).await;
-            return Err(if e.to_string().contains("does not match the manifest") {
+            return Err(if e.downcast_ref::<restore::Damaged>().is_some() {
                 AttemptError::Fatal(e)
             } else {
                 AttemptError::from_transfer(e)

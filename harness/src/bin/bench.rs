@@ -13,7 +13,11 @@
 //!   prepare (the tutorial run's);
 //! - serve: a client reading the agent's backup server to the end, against the same client
 //!   reading the backup tool straight from a socket (no server between them), and against the
-//!   tool into /dev/null; and the agent's peak RSS on both sides.
+//!   tool into /dev/null; and the agent's peak RSS on both sides;
+//! - backup: `mysql-agent backup` from the primary into a real S3 server (Garage, on loopback),
+//!   against the tool into /dev/null and the server alone ingesting the same stored bytes
+//!   through the agent's upload path; restore: `clone --restore-from` into an empty data dir,
+//!   against the agent's clone from the primary; peak RSS of both.
 
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
@@ -23,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use mysql_agent::store::{S3Settings, Store};
+use mysql_agent_harness::s3::S3Server;
 use mysql_agent_harness::{Cluster, ClusterSpec, MYSQL_PORT, Pod, SIDECAR_STARTED, dir_size};
 
 /// Benchmark clones on a loopback cluster with a sysbench dataset.
@@ -65,6 +71,12 @@ struct Args {
     /// of benchmarking (for profiling by hand)
     #[arg(long)]
     hold: bool,
+    /// Skip the backup and restore variants (they run when Garage is installed)
+    #[arg(long)]
+    no_backups: bool,
+    /// The backups' zstd level (the agent's default unless given)
+    #[arg(long, allow_negative_numbers = true)]
+    compression_level: Option<i32>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -233,6 +245,14 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Default)]
 struct Samples {
+    backup: Vec<f64>,
+    backup_rss_kib: Vec<u64>,
+    ingest: Vec<f64>,
+    ingest_raw: Vec<f64>,
+    restore: Vec<f64>,
+    restore_rss_kib: Vec<u64>,
+    /// Stream bytes and stored bytes of the backups taken.
+    backup_sizes: Option<(u64, u64)>,
     agent: Vec<f64>,
     agent_rss_kib: Vec<u64>,
     compare: Vec<f64>,
@@ -336,11 +356,49 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
         Variant::Serve,
         Variant::Direct,
     ];
+    let mut samples = Samples::default();
+    // Backups to a real S3 server, when one is installed (scripts/setup-s3.sh).
+    let s3 = if args.no_backups || !mysql_agent_harness::s3::garage_binary().is_file() {
+        println!("== backups: not measured (no Garage; run scripts/setup-s3.sh)");
+        None
+    } else {
+        let addr = std::net::Ipv4Addr::new(127, 0, 40, 250);
+        let server = mysql_agent_harness::s3::S3Server::garage(
+            &root.join("s3"),
+            addr,
+            "bench",
+            &cluster.spec().agent,
+        )
+        .await?;
+        let stored = root.join("stored.bin");
+        let (stream, stored_bytes) = first_backup(
+            &server,
+            &cluster.spec().agent,
+            primary,
+            &stored,
+            args.compression_level,
+        )
+        .await?;
+        samples.backup_sizes = Some((stream, stored_bytes));
+        println!(
+            "== backups: {:.0} MiB stream stored as {:.0} MiB ({:.2}x) in Garage at {}",
+            stream as f64 / MIB,
+            stored_bytes as f64 / MIB,
+            stream as f64 / stored_bytes as f64,
+            server.endpoint
+        );
+        variants.extend([
+            Variant::Backup,
+            Variant::Ingest,
+            Variant::IngestRaw,
+            Variant::Restore,
+        ]);
+        Some((server, stored))
+    };
     if args.compare_agent.is_some() {
         variants.push(Variant::Compare);
         variants.push(Variant::CompareServe);
     }
-    let mut samples = Samples::default();
     for run in 0..args.runs {
         // Interleaved, in a rotating order, so drift in the machine hits every variant alike.
         for i in 0..variants.len() {
@@ -374,13 +432,44 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                 }
                 Variant::CompareServe => samples.compare_serve.push(serve_side(&compared_donor)?.0),
                 Variant::Direct => samples.direct.push(direct(primary, args.tool_threads)?),
+                Variant::Backup => {
+                    let (server, _) = s3.as_ref().expect("only with a server");
+                    let (secs, rss) = backup(
+                        server,
+                        &cluster.spec().agent,
+                        primary,
+                        args.compression_level,
+                    )?;
+                    samples.backup.push(secs);
+                    samples.backup_rss_kib.push(rss);
+                }
+                Variant::Ingest => {
+                    let (server, stored) = s3.as_ref().expect("only with a server");
+                    samples.ingest.push(ingest(server, stored, run).await?);
+                }
+                Variant::IngestRaw => {
+                    let (server, stored) = s3.as_ref().expect("only with a server");
+                    let raw = stored.with_extension("raw");
+                    samples.ingest_raw.push(ingest(server, &raw, run).await?);
+                }
+                Variant::Restore => {
+                    let (server, _) = s3.as_ref().expect("only with a server");
+                    let (secs, rss) = restore(server, &cluster.spec().agent, &work)?;
+                    samples.restore.push(secs);
+                    samples.restore_rss_kib.push(rss);
+                }
             }
             println!("   run {} {variant:?}: {:.2?}", run + 1, t.elapsed());
         }
     }
     let server_rss_kib = peak_rss_kib(primary.sidecar_pid().context("no sidecar")?)?;
     drop(compared);
-    for name in ["agent", "tutorial"] {
+    if let Some((server, stored)) = s3 {
+        let _ = std::fs::remove_file(stored.with_extension("raw"));
+        let _ = std::fs::remove_file(stored);
+        server.stop().await?;
+    }
+    for name in ["agent", "tutorial", "restore"] {
         let _ = std::fs::remove_dir_all(work.join(name));
     }
     Ok(Some(report(
@@ -394,6 +483,10 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
 
 #[derive(Debug, Clone, Copy)]
 enum Variant {
+    Backup,
+    Ingest,
+    IngestRaw,
+    Restore,
     Agent,
     Compare,
     CompareServe,
@@ -525,6 +618,133 @@ async fn load(primary: &Pod, size: u64) -> Result<()> {
 }
 
 /// Clones with `agent`; the seconds it took and its peak RSS (KiB).
+/// Where the benchmark's backups go in the S3 server.
+const BACKUP_PREFIX: &str = "bench";
+
+/// `mysql-agent backup` from the primary into `server`, keeping only the newest backup.
+fn backup_command(server: &S3Server, agent: &Path, primary: &Pod, level: Option<i32>) -> Command {
+    let mut cmd = Command::new(agent);
+    cmd.args(["backup", "--to", &server.url(BACKUP_PREFIX), "--donor"])
+        .arg(primary.backup_addr())
+        .args(["--keep", "1"]);
+    if let Some(level) = level {
+        cmd.arg(format!("--compression-level={level}"));
+    }
+    cmd.envs(server.env())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// An untimed backup, so that every variant has one to restore; its stored bytes are kept
+/// in `stored` for the ingest baseline. Returns the stream and stored sizes.
+async fn first_backup(
+    server: &S3Server,
+    agent: &Path,
+    primary: &Pod,
+    stored: &Path,
+    level: Option<i32>,
+) -> Result<(u64, u64)> {
+    let status = backup_command(server, agent, primary, level).status()?;
+    ensure!(status.success(), "the first backup failed: {status}");
+    let store = Store::open(
+        &server.url(BACKUP_PREFIX).parse()?,
+        &S3Settings {
+            access_key_id: Some(mysql_agent_harness::s3::ACCESS_KEY.into()),
+            secret_access_key: Some(mysql_agent_harness::s3::SECRET_KEY.into()),
+            region: Some(mysql_agent_harness::s3::REGION.into()),
+            endpoint: Some(server.endpoint.clone()),
+            session_token: None,
+        },
+        false,
+    )?;
+    let manifest = mysql_agent::catalog::choose(&store, None).await?;
+    let mut out = std::fs::File::create(stored)?;
+    for object in &manifest.objects {
+        let path = store.path(&format!("{}/{}", manifest.name, object.name));
+        use object_store::ObjectStoreExt;
+        let bytes = store.objects().get(&path).await?.bytes().await?;
+        std::io::Write::write_all(&mut out, &bytes)?;
+    }
+    // The stream itself, unpacked, for the baseline of a server ingesting it uncompressed.
+    let mut unpacked = mysql_agent::packing::unpack(std::fs::File::open(stored)?, None)?;
+    std::io::copy(
+        &mut unpacked,
+        &mut std::fs::File::create(stored.with_extension("raw"))?,
+    )?;
+    Ok((manifest.stream_bytes, manifest.stored_bytes))
+}
+
+/// One timed backup: seconds and the agent's peak RSS.
+fn backup(
+    server: &S3Server,
+    agent: &Path,
+    primary: &Pod,
+    level: Option<i32>,
+) -> Result<(f64, u64)> {
+    let t = Instant::now();
+    let (status, rss) = run_with_peak_rss(&mut backup_command(server, agent, primary, level))?;
+    ensure!(status == 0, "backup exited with {status}");
+    Ok((t.elapsed().as_secs_f64(), rss))
+}
+
+/// The S3 server alone ingesting the stored bytes of a backup, through the agent's own
+/// upload path (same client, parts and concurrency). Seconds.
+async fn ingest(server: &S3Server, stored: &Path, run: usize) -> Result<f64> {
+    let store = Store::open(
+        &server.url("ingest").parse()?,
+        &S3Settings {
+            access_key_id: Some(mysql_agent_harness::s3::ACCESS_KEY.into()),
+            secret_access_key: Some(mysql_agent_harness::s3::SECRET_KEY.into()),
+            region: Some(mysql_agent_harness::s3::REGION.into()),
+            endpoint: Some(server.endpoint.clone()),
+            session_token: None,
+        },
+        false,
+    )?;
+    let name = format!("run-{run}");
+    let input = std::fs::File::open(stored)?;
+    let t = Instant::now();
+    mysql_agent::backup::store_stream(&store, &name, input).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut listed = Vec::new();
+    {
+        use futures_util::StreamExt;
+        let mut stream = store.objects().list(Some(&store.path(&name)));
+        while let Some(meta) = stream.next().await {
+            listed.push(meta?.location);
+        }
+    }
+    for path in listed {
+        use object_store::ObjectStoreExt;
+        store.objects().delete(&path).await?;
+    }
+    Ok(secs)
+}
+
+/// `clone --restore-from` as ordinal 0 into a fresh data dir: from the store to prepared
+/// data in place. Seconds and peak RSS.
+fn restore(server: &S3Server, agent: &Path, work: &Path) -> Result<(f64, u64)> {
+    let target = fresh(work, "restore")?;
+    let t = Instant::now();
+    let mut cmd = Command::new(agent);
+    cmd.args(["clone", "--pod-name", "mysql-0", "--service", "bench"])
+        .arg("--restore-from")
+        .arg(server.url(BACKUP_PREFIX))
+        .arg("--data-dir")
+        .arg(&target)
+        .envs(server.env())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let (status, rss) = run_with_peak_rss(&mut cmd)?;
+    ensure!(status == 0, "the restore exited with {status}");
+    let secs = t.elapsed().as_secs_f64();
+    discard(&target);
+    Ok((secs, rss))
+}
+
 fn agent_clone(donor: &str, agent: &Path, work: &Path) -> Result<(f64, u64)> {
     let target = fresh(work, "agent")?;
     let t = Instant::now();
@@ -797,6 +1017,56 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
         format!("| peak RSS, receiving agent | {agent_rss:.1} MiB | under 32 MiB |"),
         format!("| peak RSS, serving agent | {server_rss:.1} MiB | under 32 MiB |"),
     ];
+    if let Some((stream, stored)) = s.backup_sizes {
+        let backup = median(&s.backup);
+        let ingest = median(&s.ingest);
+        let restore = median(&s.restore);
+        let tool = median(&s.floor_stream);
+        let slower = tool.max(ingest);
+        let raw = median(&s.ingest_raw);
+        let slower_raw = tool.max(raw);
+        let backup_rss = s.backup_rss_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+        let level = args
+            .compression_level
+            .unwrap_or(mysql_agent::packing::DEFAULT_LEVEL);
+        let restore_rss = s.restore_rss_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+        rows.extend([
+            format!(
+                "| backup to S3 (donor's stream, zstd, Garage; manifest, retention) | {backup:.2} s ({:.0} MiB/s of stream) | |",
+                stream as f64 / MIB / backup
+            ),
+            format!(
+                "| Garage ingesting the stored bytes alone (the agent's upload path) | {ingest:.2} s ({:.0} MiB/s stored) | |",
+                stored as f64 / MIB / ingest
+            ),
+            format!(
+                "| backup / slower of (tool into /dev/null, ingest of the stored bytes alone) | {:.2} of {slower:.2} s: throughput {:.2} | at least 0.9 |",
+                backup,
+                slower / backup
+            ),
+            format!(
+                "| Garage ingesting the stream's bytes uncompressed, alone | {raw:.2} s ({:.0} MiB/s) | |",
+                stream as f64 / MIB / raw
+            ),
+            format!(
+                "| backup / slower of (tool into /dev/null, ingest of the stream's bytes alone) | {:.2} of {slower_raw:.2} s: throughput {:.2} | |",
+                backup,
+                slower_raw / backup
+            ),
+            format!(
+                "| restore (store to prepared data in place) / agent clone | {restore:.2} s = {:.2}x | at most 1.3x |",
+                restore / agent
+            ),
+            format!(
+                "| compression on this dataset (zstd level {level}) | {:.0} MiB stream, {:.0} MiB stored = {:.2}x | |",
+                stream as f64 / MIB,
+                stored as f64 / MIB,
+                stream as f64 / stored as f64
+            ),
+            format!("| peak RSS, backup | {backup_rss:.1} MiB | at most 64 MiB |"),
+            format!("| peak RSS, restore | {restore_rss:.1} MiB | at most 64 MiB |"),
+        ]);
+    }
     if !s.compare.is_empty() {
         let compare = median(&s.compare);
         let compared = args
@@ -844,14 +1114,17 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
     }
     let _ = writeln!(
         out,
-        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}, compared serve {:?}",
+        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}, compared serve {:?}, backup {:?}, ingest {:?}, restore {:?}",
         rounded(&s.agent),
         rounded(&s.tutorial),
         rounded(&s.floor_stream),
         rounded(&s.serve),
         rounded(&s.direct),
         rounded(&s.compare),
-        rounded(&s.compare_serve)
+        rounded(&s.compare_serve),
+        rounded(&s.backup),
+        rounded(&s.ingest),
+        rounded(&s.restore)
     );
     out
 }
