@@ -22,6 +22,7 @@ use crate::replication::Source;
 use crate::secrets::{BackupSecret, Password};
 use crate::serve;
 use crate::store::{Location, S3Settings};
+use crate::survey;
 use crate::telemetry::LogFormat;
 
 /// Where serve-backup listens for backup clients: the tutorial's port on every address.
@@ -311,6 +312,24 @@ pub struct CloneArgs {
     /// only when --restore-from is given, so a manifest can set it once
     #[arg(long, env = "MYSQL_AGENT_AGE_IDENTITY_FILE", value_name = "PATH")]
     pub age_identity_file: Option<PathBuf>,
+
+    /// The StatefulSet's replica count: ordinal 0 with an empty data dir asks
+    /// <statefulset>-1.<service> … <statefulset>-N-1.<service> how far they have replicated
+    /// (or the --donor hosts, when given)
+    #[arg(long, env = "MYSQL_AGENT_REPLICAS", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub replicas: u32,
+
+    /// How long ordinal 0 with an empty data dir waits for its replicas to answer before it
+    /// concludes that this is a first boot and lets mysqld start empty
+    #[arg(long, env = "MYSQL_AGENT_PEER_WAIT", value_name = "DURATION", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    pub peer_wait: Duration,
+
+    /// The replicas' serve-backup HTTP port, where ordinal 0 asks for their /status
+    #[arg(long, env = "MYSQL_AGENT_PEER_HTTP_PORT", value_name = "PORT",
+          default_value_t = survey::DEFAULT_HTTP_PORT)]
+    pub peer_http_port: u16,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -333,7 +352,13 @@ impl CloneArgs {
         let pod = self.pod.identity()?;
         fsutil::check_dir(&self.data.data_dir, "--data-dir", true)?;
         let donors = if self.donors.is_empty() {
-            pod.default_donor_hosts()
+            // Ordinal 0 asks every replica; a replica clones from the pods before it.
+            let hosts = if pod.is_primary() {
+                (1..self.replicas).map(|n| pod.peer_host(n)).collect()
+            } else {
+                pod.default_donor_hosts()
+            };
+            hosts
                 .into_iter()
                 .map(|host| Donor {
                     host,
@@ -344,6 +369,10 @@ impl CloneArgs {
             self.donors
         };
         Ok(clone::Config {
+            survey: clone::Survey {
+                http_port: self.peer_http_port,
+                wait: self.peer_wait,
+            },
             pod,
             data_dir: self.data.data_dir,
             donors,

@@ -4,7 +4,9 @@
 //! - `/healthz`: the agent answers (no database call): the sidecar's liveness;
 //! - `/readyz`: the pod should receive reads (see [`monitor::readiness`]); the body names only
 //!   the class of a failure, the details go to the log: the mysql container's readiness;
-//! - `/metrics`: Prometheus text (see [`crate::metrics`]).
+//! - `/metrics`: Prometheus text (see [`crate::metrics`]);
+//! - `/status`: JSON, how far this pod has applied the primary's history (see
+//!   [`crate::survey`]): what a primary that lost its volume asks its replicas.
 //!
 //! Anyone who can reach the port can open connections, so none may hold a resource for long:
 //! a client has [`HEADER_READ_TIMEOUT`] to send its request and [`CONNECTION_TIMEOUT`] in all,
@@ -25,13 +27,14 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::monitor::{Health, Judge};
+use crate::monitor::{Health, Judge, Readiness, Refresh};
+use crate::survey::{self, PeerStatus, ReplicationState};
 
 /// Connections served at once; the oldest is closed to make room for a new one.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -39,6 +42,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may live, request and response included.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `/status` waits for its check (the monitor's own bound, plus its queue).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(8);
 /// Pause after a failed accept (out of descriptors, say) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -62,6 +67,10 @@ impl Default for Limits {
 
 /// What the handlers read.
 pub struct HttpState {
+    /// This pod's name, for `/status`.
+    pub pod: String,
+    /// Asks the monitor for a check now, for `/status`.
+    pub refresh: mpsc::Sender<Refresh>,
     pub metrics: Arc<Metrics>,
     pub health: watch::Receiver<Option<Health>>,
     pub judge: Judge,
@@ -75,6 +84,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(survey::STATUS_PATH, get(status))
         .with_state(state)
 }
 
@@ -148,6 +158,39 @@ pub async fn serve(
     Ok(())
 }
 
+/// The replication state as a check run for this request shows it (not the last snapshot:
+/// the asker decides where to recover a primary from); 503 while set-up has not finished or
+/// mysqld does not answer, so "not known" is never mistaken for "nothing applied".
+async fn status(State(state): State<Arc<HttpState>>) -> axum::response::Response {
+    let unavailable =
+        |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    if let Readiness::NotReady(_) = &*state.judge.setup.borrow() {
+        return unavailable("setting up");
+    }
+    let (reply, answer) = oneshot::channel();
+    if state.refresh.try_send(reply).is_err() {
+        return unavailable("busy");
+    }
+    let health = match tokio::time::timeout(STATUS_TIMEOUT, answer).await {
+        Ok(Ok(health)) => health,
+        _ => return unavailable("the local mysqld was not checked in time"),
+    };
+    if health.mysqld_error.is_some() {
+        return unavailable("the local mysqld does not answer");
+    }
+    let status = PeerStatus {
+        pod: state.pod.clone(),
+        replication: health.replica.map(|r| ReplicationState {
+            source_host: r.source_host,
+            io_running: r.io_running,
+            sql_running: r.sql_running,
+            executed: r.executed,
+            source_log_file: r.source_log_file,
+        }),
+    };
+    axum::Json(status).into_response()
+}
+
 async fn readyz(State(state): State<Arc<HttpState>>) -> (StatusCode, String) {
     match state.judge.verdict(state.health.borrow().as_ref()) {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
@@ -179,6 +222,8 @@ mod tests {
         let (_health_tx, health) = watch::channel(None);
         // The senders may go: the receivers keep the last values.
         let state = Arc::new(HttpState {
+            pod: "mysql-1".into(),
+            refresh: mpsc::channel(1).0,
             metrics: Arc::new(Metrics::new()),
             health,
             judge: Judge {

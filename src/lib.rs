@@ -58,6 +58,7 @@ pub mod server_version;
 pub mod shutdown;
 pub mod sockets;
 pub mod store;
+pub mod survey;
 pub mod telemetry;
 pub mod xbstream;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -155,25 +155,43 @@ impl Judge {
     }
 }
 
-/// Checks mysqld until `cancel`, publishing each result to `health` and `metrics`.
+/// A request for a check now rather than the last snapshot: `/status` answers a primary
+/// deciding where to recover from, which must not act on a position two seconds old.
+pub type Refresh = oneshot::Sender<Health>;
+/// Refresh requests waiting at once; more are answered "busy" by the caller.
+pub const MAX_PENDING_REFRESHES: usize = 4;
+
+/// Where the monitor publishes its checks, and where it is asked for one now.
+pub struct Channels {
+    pub health: watch::Sender<Option<Health>>,
+    pub refresh: mpsc::Receiver<Refresh>,
+}
+
+/// Checks mysqld until `cancel`, every [`MONITOR_INTERVAL`] and whenever a refresh is asked
+/// for, publishing each result to the health channel and `metrics`.
 pub async fn run(
     target: MysqlTarget,
     server: ServerVersion,
     judge: Judge,
     metrics: Arc<Metrics>,
-    health: watch::Sender<Option<Health>>,
+    channels: Channels,
     cancel: CancellationToken,
 ) {
+    let Channels {
+        health,
+        mut refresh,
+    } = channels;
     let replica = judge.replica;
     let mut conn: Option<Conn> = None;
     let mut ticks = tokio::time::interval(MONITOR_INTERVAL);
     let mut was_up = None;
     let mut last_verdict: Option<Result<(), NotReady>> = None;
     loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
+        let reply = tokio::select! {
+            _ = ticks.tick() => None,
+            Some(reply) = refresh.recv() => Some(reply),
             () = cancel.cancelled() => break,
-        }
+        };
         let observed =
             tokio::time::timeout(CHECK_TIMEOUT, check(&mut conn, &target, &server, replica))
                 .await
@@ -210,6 +228,10 @@ pub async fn run(
                 Err(e) => warn!(class = e.class.as_str(), reason = %e.detail, "not ready"),
             }
             last_verdict = Some(verdict);
+        }
+        if let Some(reply) = reply {
+            // The asker may have given up; nothing to do then.
+            let _ = reply.send(snapshot.clone());
         }
         health.send_replace(Some(snapshot));
     }

@@ -14,7 +14,7 @@ use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::coordinates::{Coordinates, Position};
+use crate::coordinates::{Coordinates, Origin, Position};
 use crate::errors::{Interrupted, report};
 use crate::fsutil;
 use crate::mysql::{self, MysqlTarget};
@@ -226,6 +226,13 @@ pub struct ReplicaStatus {
     pub last_io_error: String,
     pub last_sql_error: String,
     pub seconds_behind: Option<u64>,
+    /// What this replica has applied of the primary's history, in the replication's own
+    /// terms: the GTID state when replication uses GTIDs, else the primary's binary log file
+    /// and position of the last applied event. `None` before anything was applied.
+    pub executed: Option<Position>,
+    /// The primary's binary log file the replica last applied from, which names the
+    /// primary's binary logs (a recovered primary continues under the same name).
+    pub source_log_file: String,
 }
 
 impl ReplicaStatus {
@@ -242,6 +249,8 @@ impl ReplicaStatus {
             seconds_behind: column("Seconds_Behind_Source")
                 .or_else(|| column("Seconds_Behind_Master"))
                 .and_then(|s| s.parse().ok()),
+            executed: executed_position(&column),
+            source_log_file: either("Relay_Source_Log_File", "Relay_Master_Log_File"),
         }
     }
 
@@ -252,6 +261,67 @@ impl ReplicaStatus {
     fn has_error(&self) -> bool {
         !self.last_io_error.is_empty() || !self.last_sql_error.is_empty()
     }
+}
+
+/// Where a replica of `coordinates` starts, on `server`, whose restored `@@gtid_slave_pos`
+/// (MariaDB) is `restored_gtid_pos`.
+///
+/// MariaDB gives every transaction a GTID and keeps a replica's applied GTIDs in its data
+/// (mysql.gtid_slave_pos), whether it connects by GTID or by file: so a replica's backup at a
+/// file position carries the GTID position of the same place, and a primary's backup without
+/// a GTID was taken before the first transaction (the empty position). Replicating by GTID
+/// lets the replicas follow a primary rebuilt from one of them (see [`crate::survey`]), which
+/// a file and position in the old primary's binary logs cannot.
+pub fn preferred_position(
+    server: &ServerVersion,
+    coordinates: &Coordinates,
+    restored_gtid_pos: Option<&str>,
+) -> Position {
+    use crate::coordinates::is_mariadb_gtid_list;
+    if server.flavor != ServerFlavor::MariaDb {
+        return coordinates.position.clone();
+    }
+    match (&coordinates.position, coordinates.origin, restored_gtid_pos) {
+        (Position::File { .. }, Origin::Primary, _) => Position::MariaDbGtid {
+            gtid_pos: String::new(),
+        },
+        (Position::File { .. }, Origin::Replica, Some(gtid_pos))
+            if gtid_pos.is_empty() || is_mariadb_gtid_list(gtid_pos) =>
+        {
+            Position::MariaDbGtid {
+                gtid_pos: gtid_pos.to_owned(),
+            }
+        }
+        (position, _, _) => position.clone(),
+    }
+}
+
+/// The applied position from SHOW SLAVE/REPLICA STATUS: MariaDB's `Gtid_Slave_Pos` when
+/// `Using_Gtid` is on, MySQL's `Executed_Gtid_Set` with auto-positioning, else the primary's
+/// file and `Exec_Master_Log_Pos`. Values that do not parse count as unknown.
+fn executed_position(column: &impl Fn(&str) -> Option<String>) -> Option<Position> {
+    use crate::coordinates::{is_mariadb_gtid_list, is_mysql_gtid_set};
+    let using_gtid = column("Using_Gtid").unwrap_or_default();
+    if !using_gtid.is_empty() && !using_gtid.eq_ignore_ascii_case("No") {
+        // Empty is a position too: nothing applied yet, in a history that has none either.
+        let gtid_pos = column("Gtid_Slave_Pos")?.trim().to_owned();
+        return (gtid_pos.is_empty() || is_mariadb_gtid_list(&gtid_pos))
+            .then_some(Position::MariaDbGtid { gtid_pos });
+    }
+    if column("Auto_Position").as_deref() == Some("1") {
+        let gtid_set: String = column("Executed_Gtid_Set")?
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        return (gtid_set.is_empty() || is_mysql_gtid_set(&gtid_set))
+            .then_some(Position::MysqlGtid { gtid_set });
+    }
+    let file = column("Relay_Source_Log_File").or_else(|| column("Relay_Master_Log_File"))?;
+    let pos = column("Exec_Source_Log_Pos")
+        .or_else(|| column("Exec_Master_Log_Pos"))?
+        .parse()
+        .ok()?;
+    (!file.is_empty()).then_some(Position::File { file, pos })
 }
 
 /// What the sidecar must do about replication on start-up.
@@ -316,9 +386,36 @@ pub async fn read_status(
         server.status_statement(),
         rows.len()
     );
-    Ok(rows
-        .first()
-        .map(|row| ReplicaStatus::from_columns(|name| mysql::column_text(row, name))))
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    // MariaDB shows its applied GTID position only in a variable, not in this row.
+    let gtid_slave_pos = if server.flavor == ServerFlavor::MariaDb {
+        Some(mariadb_gtid_slave_pos(conn).await?)
+    } else {
+        None
+    };
+    Ok(Some(ReplicaStatus::from_columns(|name| {
+        mysql::column_text(row, name).or_else(|| {
+            (name == "Gtid_Slave_Pos")
+                .then(|| gtid_slave_pos.clone())
+                .flatten()
+        })
+    })))
+}
+
+/// `@@GLOBAL.gtid_slave_pos`: what a MariaDB replica has applied (kept in
+/// mysql.gtid_slave_pos whether it connects by GTID or not, and restored with a clone).
+async fn mariadb_gtid_slave_pos(conn: &mut mysql_async::Conn) -> Result<String> {
+    const QUERY: &str = "SELECT @@GLOBAL.gtid_slave_pos";
+    let row: Option<mysql_async::Row> = conn
+        .query_first(QUERY)
+        .await
+        .with_context(|| format!("running {QUERY}"))?;
+    match row {
+        Some(row) => Ok(mysql::text_at(&row, 0).unwrap_or_default()),
+        None => Ok(String::new()),
+    }
 }
 
 /// Brings replication of the local server in line with the clone's `coordinates` (read from
@@ -397,9 +494,18 @@ async fn configure_on(
                 )
                 .await,
             };
-            let statements =
-                setup_statements(&server.version, &coordinates.position, source, &session)
-                    .map_err(Failure::Permanent)?;
+            let restored = if server.version.flavor == ServerFlavor::MariaDb {
+                Some(
+                    mariadb_gtid_slave_pos(conn)
+                        .await
+                        .map_err(Failure::Transient)?,
+                )
+            } else {
+                None
+            };
+            let position = preferred_position(&server.version, coordinates, restored.as_deref());
+            let statements = setup_statements(&server.version, &position, source, &session)
+                .map_err(Failure::Permanent)?;
             for statement in &statements {
                 match statement.step {
                     Step::Change => crate::crash_point!("replication-before-change"),
@@ -414,7 +520,7 @@ async fn configure_on(
             crate::crash_point!("replication-before-record");
             write_record(
                 record,
-                &format!("{:?} from {:?}", coordinates.position, coordinates.origin),
+                &format!("{position:?} from {:?}", coordinates.origin),
             )?;
             crate::crash_point!("replication-after-record");
             Outcome::Configured
@@ -655,6 +761,128 @@ mod tests {
         assert_eq!(mysql84.source_host, "mysql-0.mysql");
         assert!(!mysql84.both_threads_running());
         assert_eq!(mysql84.seconds_behind, None);
+    }
+
+    #[test]
+    fn mariadb_replicas_use_gtids_wherever_the_data_says_where_they_are() {
+        let file = Position::File {
+            file: "mysqld-bin.000001".into(),
+            pos: 329,
+        };
+        let from = |origin| Coordinates {
+            origin,
+            position: file.clone(),
+        };
+        let mariadb = v("10.11.19-MariaDB");
+        let empty = Position::MariaDbGtid {
+            gtid_pos: String::new(),
+        };
+        // A primary's backup without a GTID: before the first transaction.
+        assert_eq!(
+            preferred_position(&mariadb, &from(Origin::Primary), Some("0-1-5")),
+            empty
+        );
+        let sql = sql("10.11.19-MariaDB", &empty);
+        assert!(
+            sql.iter().any(|s| s == "SET GLOBAL gtid_slave_pos = ''"),
+            "{sql:?}"
+        );
+        // A replica's backup at a file position: the GTIDs its data says it applied.
+        assert_eq!(
+            preferred_position(&mariadb, &from(Origin::Replica), Some("0-100-42")),
+            Position::MariaDbGtid {
+                gtid_pos: "0-100-42".into()
+            }
+        );
+        assert_eq!(
+            preferred_position(&mariadb, &from(Origin::Replica), Some("")),
+            empty
+        );
+        // Unknown, unreadable, or MySQL: the file position as it is.
+        assert_eq!(
+            preferred_position(&mariadb, &from(Origin::Replica), None),
+            file
+        );
+        assert_eq!(
+            preferred_position(&mariadb, &from(Origin::Replica), Some("junk")),
+            file
+        );
+        assert_eq!(
+            preferred_position(&v("8.0.36"), &from(Origin::Primary), None),
+            file
+        );
+    }
+
+    #[test]
+    fn reads_the_applied_position_in_each_replication_mode() {
+        let status = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ReplicaStatus::from_columns(move |c| {
+                pairs.iter().find(|(k, _)| k == c).map(|(_, v)| v.clone())
+            })
+        };
+        let file = [
+            ("Relay_Master_Log_File", "mysql-0-bin.000003"),
+            ("Exec_Master_Log_Pos", "1234"),
+        ];
+        let mariadb_gtid = status(&[
+            file[0],
+            file[1],
+            ("Using_Gtid", "Slave_Pos"),
+            ("Gtid_Slave_Pos", "0-100-6,1-7-2"),
+        ]);
+        assert_eq!(
+            mariadb_gtid.executed,
+            Some(Position::MariaDbGtid {
+                gtid_pos: "0-100-6,1-7-2".into()
+            })
+        );
+        assert_eq!(mariadb_gtid.source_log_file, "mysql-0-bin.000003");
+        let mariadb_file = status(&[
+            file[0],
+            file[1],
+            ("Using_Gtid", "No"),
+            ("Gtid_Slave_Pos", ""),
+        ]);
+        assert_eq!(
+            mariadb_file.executed,
+            Some(Position::File {
+                file: "mysql-0-bin.000003".into(),
+                pos: 1234
+            })
+        );
+        let uuid = "3E11FA47-71CA-11E1-9E33-C80AA9429562";
+        let mysql = status(&[
+            ("Relay_Source_Log_File", "binlog.000002"),
+            ("Exec_Source_Log_Pos", "99"),
+            ("Auto_Position", "1"),
+            ("Executed_Gtid_Set", &format!("{uuid}:1-5,\n{uuid}:7")),
+        ]);
+        assert_eq!(
+            mysql.executed,
+            Some(Position::MysqlGtid {
+                gtid_set: format!("{uuid}:1-5,{uuid}:7")
+            })
+        );
+        // Nothing applied yet, or a value that does not parse: unknown, never a guess.
+        assert_eq!(
+            status(&[("Using_Gtid", "Slave_Pos"), ("Gtid_Slave_Pos", "")]).executed,
+            Some(Position::MariaDbGtid {
+                gtid_pos: String::new()
+            })
+        );
+        assert_eq!(status(&[("Using_Gtid", "Slave_Pos")]).executed, None);
+        assert_eq!(
+            status(&[("Relay_Master_Log_File", ""), ("Exec_Master_Log_Pos", "4")]).executed,
+            None
+        );
+        assert_eq!(
+            status(&[("Auto_Position", "1"), ("Executed_Gtid_Set", "garbage")]).executed,
+            None
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -36,7 +36,7 @@ use crate::handoff::{self, SendState};
 use crate::http::{self, HttpState};
 use crate::metadata::BackupMetadata;
 use crate::metrics::{self, BackupResult, Metrics};
-use crate::monitor::{self, Health, Judge, Readiness};
+use crate::monitor::{self, Judge, Readiness};
 use crate::mysql::{self, MysqlTarget, ServerInfo};
 use crate::pod::PodIdentity;
 use crate::process::Supervised;
@@ -131,6 +131,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let (ready_tx, readiness) =
         watch::channel(Readiness::NotReady("waiting for the local mysqld".into()));
     let (health_tx, health) = watch::channel(None);
+    let (refresh, refresh_rx) = mpsc::channel(monitor::MAX_PENDING_REFRESHES);
     let judge = Judge {
         setup: readiness.clone(),
         replica: !config.pod.is_primary(),
@@ -144,13 +145,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
             tool.clone(),
             judge.clone(),
             ready_tx,
-            health_tx,
+            monitor::Channels {
+                health: health_tx,
+                refresh: refresh_rx,
+            },
             Arc::clone(&metrics),
             serving.clone(),
         )
         .instrument(info_span!("setup")),
     ));
     let app = http::router(Arc::new(HttpState {
+        pod: config.pod.name.clone(),
+        refresh,
         metrics: Arc::clone(&metrics),
         health,
         judge,
@@ -205,7 +211,7 @@ async fn set_up(
     tool: BackupTool,
     judge: Judge,
     ready: watch::Sender<Readiness>,
-    health: watch::Sender<Option<Health>>,
+    channels: monitor::Channels,
     metrics: Arc<Metrics>,
     serving: CancellationToken,
 ) -> Result<()> {
@@ -249,7 +255,7 @@ async fn set_up(
             server.version,
             judge,
             Arc::clone(&metrics),
-            health,
+            channels,
             serving.clone(),
         )
         .instrument(info_span!("monitor")),

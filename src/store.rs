@@ -139,7 +139,7 @@ impl fmt::Debug for Store {
 }
 
 /// The TLS stack for https endpoints: rustls with ring, installed once for the process.
-fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Fails only if another provider was installed first, which is as good.

@@ -222,6 +222,13 @@ fn every_overlay_matches_the_binary() {
             Some("None"),
             "{name}"
         );
+        // Replicas whose primary is gone are not Ready, and mysql-0 coming back without its
+        // volume must still resolve them to ask how far they are (see survey).
+        assert_eq!(
+            headless["spec"]["publishNotReadyAddresses"].as_bool(),
+            Some(true),
+            "{name}: the headless Service must publish replicas that are not Ready"
+        );
         find(&docs, "Service", "mysql-read");
         let pdb = &find(&docs, "PodDisruptionBudget", "mysql")["spec"];
         assert_eq!(pdb["maxUnavailable"].as_i64(), Some(1), "{name}");

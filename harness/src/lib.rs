@@ -262,6 +262,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// Brings pod `ordinal` back the StatefulSet's way after it was deleted: init-config,
+    /// clone, mysqld, serve-backup, with the same flags as every pod.
+    pub async fn restart_pod(&mut self, ordinal: u32) -> Result<()> {
+        let pod = self.pod_mut(ordinal);
+        pod.init_config().await?;
+        pod.clone_data(&[]).await?;
+        pod.start_mysqld().await?;
+        pod.start_sidecar(&[]).await?;
+        Ok(())
+    }
+
     /// Stops every pod: sidecars by SIGTERM (an error if one exits non-zero), then mysqld.
     pub async fn stop(mut self) -> Result<()> {
         let mut failures = Vec::new();
@@ -618,6 +629,21 @@ impl Pod {
     pub async fn stop_mysqld(&mut self) -> Result<()> {
         if let Some(child) = self.mysqld.take() {
             stop(child, &format!("{} mysqld", self.name)).await?;
+        }
+        Ok(())
+    }
+
+    /// The pod is deleted with its volume (a lost node with local storage, a deleted claim):
+    /// its processes are killed, and its data dir and emptyDirs come back empty.
+    pub async fn lose_volume(&mut self) -> Result<()> {
+        if self.sidecar_running() {
+            self.kill_sidecar().await?;
+        }
+        self.kill_mysqld().await?;
+        for sub in ["conf.d", "data", "run", "tmp"] {
+            let dir = self.dir.join(sub);
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         Ok(())
     }

@@ -42,6 +42,7 @@ use crate::retry::Backoff;
 use crate::secrets::BackupSecret;
 use crate::server_version::ServerVersion;
 use crate::store::{Location, S3Settings, Store};
+use crate::survey;
 use crate::xbstream::{Progress, Summary};
 use datadir::DataDirState;
 pub use datadir::{DONE_MARKER, IN_PROGRESS_MARKER, STAGING_DIR};
@@ -65,6 +66,17 @@ pub struct Config {
     pub progress_interval: Duration,
     /// Where to restore from when no peer can serve (and on ordinal 0).
     pub restore: Option<Restore>,
+    /// How ordinal 0 asks its replicas (`donors`) before starting empty.
+    pub survey: Survey,
+}
+
+/// How ordinal 0 asks its replicas how far they are (see [`crate::survey`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Survey {
+    /// The replicas' sidecar HTTP port.
+    pub http_port: u16,
+    /// How long to wait for answers before concluding that this is a first boot.
+    pub wait: Duration,
 }
 
 /// A stored backup to restore from (`clone --restore-from`).
@@ -155,11 +167,8 @@ struct Cloned {
 
 pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     let data_dir = &config.data_dir;
-    if config.pod.is_primary() && config.restore.is_none() {
-        info!(pod = %config.pod, "ordinal 0 is the primary: nothing to clone");
-        return Ok(());
-    }
-    if config.secret.is_none() && !config.pod.is_primary() {
+    let primary = config.pod.is_primary();
+    if config.secret.is_none() && !primary {
         warn!(
             "no --backup-secret-file: donors are not authenticated, so anyone on the pod network could feed this pod a backup"
         );
@@ -180,6 +189,11 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
              refusing to start on it or to delete it: move it away or empty the directory to clone afresh",
             data_dir.display()
         ),
+        // The primary has always left such a data dir to mysqld, which says what it thinks.
+        DataDirState::Unknown { entries } if primary => {
+            warn!(data_dir = %data_dir.display(), ?entries, "the data dir holds no MySQL data but is not empty; leaving it to mysqld");
+            return Ok(());
+        }
         DataDirState::Unknown { entries } => bail!(
             "{} is not empty but holds no MySQL data ({}); refusing to clone over it",
             data_dir.display(),
@@ -190,12 +204,29 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
             blocking(datadir::wipe, data_dir).await?;
         }
     }
+    // Ordinal 0 with an empty data dir: a first boot, or a primary that lost its volume while
+    // its replicas hold the data. Ask them before mysqld may initialise an empty database.
+    let recovery = if primary {
+        match recovery_plan(config, cancel).await? {
+            Some(choice) => Some(choice),
+            None if config.restore.is_some() => None,
+            None => {
+                info!(
+                    waited = ?config.survey.wait,
+                    "no replica answered: a first boot, so mysqld initialises an empty data dir"
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
     let tool = BackupTool::locate(config.tool.as_deref())
         .await
         .map_err(crate::errors::usage)?;
     // Ordinal 0 restores: the store, the backup and the key are checked before anything is
     // written, so a wrong one leaves the data dir as it was.
-    let planned = match (&config.restore, config.pod.is_primary()) {
+    let planned = match (&config.restore, primary && recovery.is_none()) {
         (Some(restore), true) => Some(plan_restore(restore, &tool).await?),
         _ => None,
     };
@@ -203,13 +234,15 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
         data_dir,
         &format!("pod = {}\nstarted_at = {}\n", config.pod, now()),
     )?;
-    let cloned = match (&config.restore, planned) {
-        // Ordinal 0 has no peer to copy: it rebuilds the cluster from the store.
-        (Some(restore), Some(planned)) => {
-            info!(store = %restore.location, backup = %planned.1.name, "ordinal 0 with an empty data dir: restoring from the backup store");
+    let cloned = match (&recovery, &config.restore, planned) {
+        // A primary that lost its volume: the most advanced replica's data.
+        (Some(choice), _, _) => recover_from_replicas(config, &tool, choice, cancel).await,
+        // Ordinal 0 with no replica: it rebuilds the cluster from the store.
+        (None, Some(restore), Some(planned)) => {
+            info!(store = %restore.location, backup = %planned.1.name, "ordinal 0 with an empty data dir and no replica: restoring from the backup store");
             restore_from_store(config, &tool, restore, planned, cancel).await
         }
-        (restore, _) => match from_peers(config, &tool, cancel).await {
+        (None, restore, _) => match from_peers(config, &config.donors, &tool, cancel).await {
             Err(e) if e.downcast_ref::<NoDonor>().is_some() && restore.is_some() => {
                 let restore = restore.as_ref().expect("checked above");
                 warn!(
@@ -234,7 +267,7 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
             return Err(e.context(format!("cloning into {}", data_dir.display())));
         }
     };
-    let record = format!(
+    let mut record = format!(
         "completed_at = {}\nsource = {}\nstream_bytes = {}\nfiles = {}\ncoordinates = {:?}\n",
         now(),
         cloned.source,
@@ -242,6 +275,15 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
         cloned.files,
         cloned.coordinates
     );
+    if let Some(choice) = &recovery {
+        let continued = continue_binlog_history(data_dir, choice, &cloned.coordinates)?;
+        record.push_str(&format!(
+            "recovered_primary_from = {}\nprimary_log_file = {}\nbinlog_state = {}\n",
+            cloned.source,
+            choice.source_log_file,
+            continued.as_deref().unwrap_or("none")
+        ));
+    }
     blocking(move |d| datadir::commit(d, &record), data_dir).await?;
     info!(
         source = %cloned.source,
@@ -255,14 +297,123 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// Ordinal 0's question to its replicas (see [`crate::survey`]): `None` when none answered
+/// within the wait, the most advanced ones otherwise; an error when they cannot be ranked.
+async fn recovery_plan(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<Option<survey::Choice>> {
+    let hosts: Vec<String> = config.donors.iter().map(|d| d.host.clone()).collect();
+    if hosts.is_empty() {
+        return Ok(None);
+    }
+    info!(replicas = ?hosts, wait = ?config.survey.wait, "ordinal 0 with an empty data dir: asking the replicas how far they have applied before mysqld may start empty");
+    let answers =
+        survey::survey(&hosts, config.survey.http_port, config.survey.wait, cancel).await?;
+    let choice = survey::choose(&answers).map_err(|e| {
+        anyhow::Error::new(e)
+            .context("ordinal 0 lost its data and cannot recover it from its replicas on its own")
+    })?;
+    if let Some(choice) = &choice {
+        info!(
+            chosen = ?choice.peers,
+            position = ?choice.position,
+            behind = ?choice.behind,
+            "the primary's data is gone but its replicas hold it: cloning from the most advanced"
+        );
+    }
+    Ok(choice)
+}
+
+/// Clones the primary from the most advanced replicas (any of them, all being equal).
+async fn recover_from_replicas(
+    config: &Config,
+    tool: &BackupTool,
+    choice: &survey::Choice,
+    cancel: &CancellationToken,
+) -> Result<Cloned> {
+    let donors: Vec<Donor> = config
+        .donors
+        .iter()
+        .filter(|d| choice.peers.contains(&d.host))
+        .cloned()
+        .collect();
+    let cloned = from_peers(config, &donors, tool, cancel).await?;
+    // The clone's own metadata says where its data stands; a replica that moved on between
+    // the question and the backup is fine (further on), one that fell back is not.
+    if let Ok(survey::Relation::Ordered(std::cmp::Ordering::Less)) =
+        survey::compare(&cloned.coordinates.position, &choice.position)
+    {
+        bail!(
+            "the backup from {} stands at {:?}, behind the {:?} it reported",
+            cloned.source,
+            cloned.coordinates.position,
+            choice.position
+        );
+    }
+    Ok(cloned)
+}
+
+/// A recovered MariaDB primary starts with no binary log, so its replicas' positions would be
+/// in no log of it: one exactly as far as the data continues unharmed, but one that lags
+/// would silently skip what it lacks. Seeding the binary log state with the position the
+/// data holds (the `.state` file mysqld reads when it opens its binary log) makes the new
+/// log continue the old history, and a lagging replica fail loudly (error 1236) instead.
+/// Returns the state written, if any.
+fn continue_binlog_history(
+    data_dir: &Path,
+    choice: &survey::Choice,
+    coordinates: &Coordinates,
+) -> Result<Option<String>> {
+    use crate::coordinates::Position;
+    match &coordinates.position {
+        // No transaction yet: the new log starts the history as the old one did.
+        Position::MariaDbGtid { gtid_pos } if gtid_pos.is_empty() => Ok(None),
+        Position::MariaDbGtid { gtid_pos } => {
+            let base = survey::split_log_file(&choice.source_log_file)
+                .map(|(base, _)| base)
+                .ok()
+                .filter(|base| !base.is_empty() && !base.contains('/') && !base.starts_with('.'));
+            let Some(base) = base else {
+                warn!(
+                    log_file = %choice.source_log_file,
+                    "cannot tell the primary's binary log name from the replicas; its new log starts without the old history, \
+                     so a lagging replica could skip transactions: check every replica's position"
+                );
+                return Ok(None);
+            };
+            let staging = data_dir.join(STAGING_DIR);
+            let lines: String = gtid_pos
+                .split(',')
+                .map(|g| format!("{}\n", g.trim()))
+                .collect();
+            crate::fsutil::write_atomic(&staging.join(format!("{base}.state")), lines.as_bytes())?;
+            info!(state = %gtid_pos, file = %format!("{base}.state"), "the new binary log continues the old history");
+            Ok(Some(gtid_pos.clone()))
+        }
+        // MySQL keeps its executed GTID set in the data (mysql.gtid_executed): a recovered
+        // primary knows it, and auto-positioned replicas continue or fail loudly.
+        Position::MysqlGtid { .. } => Ok(None),
+        Position::File { file, pos } => {
+            warn!(
+                %file, pos,
+                "the replicas replicate by file and position: the recovered primary writes new binary logs, \
+                 so each replica must be re-cloned from it (delete its volume); see the README"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// A clone from the first peer that can serve one.
 async fn from_peers(
     config: &Config,
+    donors: &[Donor],
     tool: &BackupTool,
     cancel: &CancellationToken,
 ) -> Result<Cloned> {
     let data_dir = &config.data_dir;
-    let cloned = from_donors(&config.donors, config.policy, cancel, |donor| {
+    let cloned = from_donors(donors, config.policy, cancel, |donor| {
         let span = info_span!("clone", %donor);
         async move {
             let attempt = attempt(config, tool, &donor, cancel).await;
