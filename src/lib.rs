@@ -5,7 +5,8 @@
 //!   or the replica's config, into mysqld's conf.d ([`init_config`]);
 //! - `clone` (second initContainer): an empty replica's data dir becomes a prepared copy of a
 //!   peer's data, received over TCP 3307 and decoded natively ([`clone`], [`protocol`],
-//!   [`xbstream`]);
+//!   [`xbstream`]); on ordinal 0, the most advanced replica's when the primary lost its
+//!   volume ([`survey`]);
 //! - `serve-backup` (sidecar): replication is pointed at the primary from the clone's
 //!   coordinates, then backups are served to new peers on 3307 ([`serve`], [`replication`]).
 //!
@@ -13,8 +14,8 @@
 //!
 //! Modules import only downwards, never back (`tests/layout.rs` checks it):
 //!
-//! - the modes: [`cli`] (flags into configs), [`init_config`], [`clone`], [`serve`] with
-//!   [`http`] and [`monitor`];
+//! - the modes: [`cli`] (flags into configs), [`init_config`], [`clone`] with [`survey`],
+//!   [`serve`] with [`http`] and [`monitor`];
 //! - what they speak: [`protocol`] (port 3307, over any byte stream), [`xbstream`] (a pure
 //!   decoder and its sinks), [`replication`], [`accounts`] and [`mysql`] (SQL per server
 //!   version, [`server_version`]), [`backup_tool`] and [`process`] (the child they run),
