@@ -59,6 +59,8 @@ pub struct Config {
     pub policy: Policy,
     pub stall_timeout: Duration,
     pub secret: Option<BackupSecret>,
+    /// Mutual TLS with the donors (`--tls-dir`).
+    pub tls: Option<std::sync::Arc<crate::tls::TlsDir>>,
     /// `--backup-tool`, or `None` to search PATH: it says which xbstream dialect to read.
     pub tool: Option<PathBuf>,
     pub require_end_marker: bool,
@@ -212,8 +214,14 @@ async fn take(
     cancel: &CancellationToken,
 ) -> Result<Taken, AttemptError> {
     let stall = config.stall_timeout;
-    let DonorStream { input, watcher } =
-        receive::open(donor, config.secret.as_ref(), stall, cancel).await?;
+    let DonorStream { input, watcher } = receive::open(
+        donor,
+        config.secret.as_ref(),
+        config.tls.as_deref(),
+        stall,
+        cancel,
+    )
+    .await?;
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
     let _reporter = AbortOnDropHandle::new(tokio::spawn({

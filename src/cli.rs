@@ -24,6 +24,7 @@ use crate::serve;
 use crate::store::{Location, S3Settings};
 use crate::survey;
 use crate::telemetry::LogFormat;
+use crate::tls::TlsDir;
 
 /// Where serve-backup listens for backup clients: the tutorial's port on every address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3307";
@@ -173,6 +174,12 @@ pub struct SecretArgs {
     /// Without it port 3307 is as open as the tutorial's
     #[arg(long, env = "MYSQL_AGENT_BACKUP_SECRET_FILE", value_name = "PATH")]
     pub backup_secret_file: Option<PathBuf>,
+
+    /// A mounted kubernetes.io/tls Secret with its CA (tls.crt, tls.key, ca.crt): port 3307
+    /// speaks mutual TLS 1.3, each end accepting only certificates of ca.crt, the client also
+    /// checking the donor's name; renewed files are used from the next connection
+    #[arg(long, env = "MYSQL_AGENT_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl SecretArgs {
@@ -182,6 +189,18 @@ impl SecretArgs {
             .map(|path| {
                 BackupSecret::from_file(path)
                     .with_context(|| format!("--backup-secret-file {}", path.display()))
+            })
+            .transpose()
+    }
+
+    fn tls(&self) -> Result<Option<Arc<TlsDir>>> {
+        self.tls_dir
+            .as_deref()
+            .map(|dir| {
+                fsutil::check_dir(dir, "--tls-dir", false)?;
+                TlsDir::open(dir)
+                    .map(Arc::new)
+                    .with_context(|| format!("--tls-dir {}", dir.display()))
             })
             .transpose()
     }
@@ -384,6 +403,7 @@ impl CloneArgs {
             stall_timeout: self.stall_timeout.max(Duration::from_secs(1)),
             require_end_marker: self.require_end_marker,
             secret: self.secret.load()?,
+            tls: self.secret.tls()?,
             progress_interval: self.progress.interval(),
             restore: match self.restore_from {
                 None => None,
@@ -518,6 +538,7 @@ impl BackupArgs {
             },
             stall_timeout: self.stall_timeout.max(Duration::from_secs(1)),
             secret: self.secret.load()?,
+            tls: self.secret.tls()?,
             tool: self.tool.backup_tool,
             require_end_marker: self.require_end_marker,
             level: self.compression_level,
@@ -731,6 +752,7 @@ impl ServeBackupArgs {
             backup_account,
             create_accounts: self.create_accounts,
             secret: self.secret.load()?,
+            tls: self.secret.tls()?,
             max_backups: self.max_backups as usize,
             backup_threads: self.backup_threads,
             http_listen: self.http_listen,

@@ -61,6 +61,7 @@ pub mod sockets;
 pub mod store;
 pub mod survey;
 pub mod telemetry;
+pub mod tls;
 pub mod xbstream;
 
 use anyhow::Result;

@@ -100,6 +100,11 @@ impl Supervised {
         })
     }
 
+    /// The child's stdout, when the caller set it to a pipe: for the caller to read.
+    pub fn take_stdout(&mut self) -> Option<tokio::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.pgid.map(|p| p.as_raw() as u32)
     }

@@ -20,10 +20,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{Instrument, error, info, info_span, warn};
@@ -41,12 +44,13 @@ use crate::mysql::{self, MysqlTarget, ServerInfo};
 use crate::pod::PodIdentity;
 use crate::process::Supervised;
 use crate::progress::{self, Sample};
-use crate::protocol::handshake::{self, LINE_WRITE_TIMEOUT};
+use crate::protocol::handshake::{self, AUTH_TIMEOUT, LINE_WRITE_TIMEOUT};
 use crate::protocol::{Message, Rejection, StreamInfo, StreamStatus};
 use crate::replication::{self, Outcome, Source};
 use crate::retry;
 use crate::secrets::{BackupSecret, ClientOptions};
 use crate::sockets;
+use crate::tls::TlsDir;
 
 /// How long in-flight backups get to wind down after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -73,6 +77,8 @@ pub struct Config {
     pub create_accounts: bool,
     /// Serve only clients that prove they know it; `None` is the tutorial's open port.
     pub secret: Option<BackupSecret>,
+    /// Mutual TLS on the port (`--tls-dir`); `None` sends the stream in clear.
+    pub tls: Option<Arc<TlsDir>>,
     /// `--backup-tool`, or `None` to search PATH.
     pub tool: Option<PathBuf>,
     pub max_backups: usize,
@@ -397,7 +403,7 @@ async fn create_accounts(config: &Config, server: &ServerInfo, cancel: &Cancella
 /// One client: the opening exchange (its end, `admitted`, removes the client from the
 /// pending list), then the backup.
 async fn handle(
-    mut socket: TcpStream,
+    socket: TcpStream,
     server: &Server,
     cancel: &CancellationToken,
     dropped: &CancellationToken,
@@ -406,6 +412,41 @@ async fn handle(
     if let Err(e) = sockets::tune(&socket) {
         warn!(error = %report(&e), "cannot tune the client's socket");
     }
+    // With TLS, nothing of the agent's protocol is said before the client's certificate
+    // checks out: a raw client gets a TLS alert, not a byte of backup.
+    let mut socket: ClientStream = match &server.config.tls {
+        None => Either::Left(socket),
+        Some(tls) => {
+            let accept = tokio::time::timeout(
+                AUTH_TIMEOUT,
+                TlsAcceptor::from(tls.server_config()).accept(socket),
+            );
+            let accepted = tokio::select! {
+                accepted = accept => accepted,
+                () = dropped.cancelled() => {
+                    info!("dropped a client still in the TLS handshake to make room");
+                    return;
+                }
+            };
+            match accepted {
+                Ok(Ok(stream)) => Either::Right(Box::new(stream)),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "refused a client whose TLS handshake failed (no certificate of our CA, or not TLS at all)");
+                    server.metrics.refused(metrics::Refusal::Denied);
+                    admitted();
+                    return;
+                }
+                Err(_) => {
+                    warn!(
+                        "refused a client that did not finish its TLS handshake in {AUTH_TIMEOUT:?}"
+                    );
+                    server.metrics.refused(metrics::Refusal::Denied);
+                    admitted();
+                    return;
+                }
+            }
+        }
+    };
     let admit = || {
         if let Readiness::NotReady(reason) = &*server.readiness.borrow() {
             return Err(Message::NotReady(reason.clone()));
@@ -485,6 +526,10 @@ async fn handle(
     metrics.backup_ended(result, started.elapsed());
 }
 
+/// A client's connection: plain TCP (the tool writes into it itself), or a TLS session
+/// (the agent relays the tool's output into it).
+type ClientStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
 /// How a backup's stream ended, short of an error.
 enum Streamed {
     /// The tool exited; the status to append.
@@ -497,7 +542,7 @@ enum Streamed {
 /// with progress lines. An error when the client is gone or the agent is shutting down (the
 /// tool is then killed with its process group).
 async fn stream_backup(
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     server: &Server,
     cancel: &CancellationToken,
 ) -> Result<Streamed> {
@@ -528,7 +573,113 @@ async fn stream_backup(
             }
         },
     )));
-    stream_tool_output(socket, server, cancel, &sent).await
+    match socket {
+        Either::Left(tcp) => stream_tool_output(tcp, server, cancel, &sent).await,
+        Either::Right(tls) => relay_tool_output(tls, server, cancel, &sent).await,
+    }
+}
+
+/// Bytes the relay moves at a time.
+const RELAY_BUFFER: usize = 256 * 1024;
+
+/// The backup tool's output relayed into a TLS session, which the tool cannot write into
+/// itself: read from its stdout pipe, encrypted and sent. A client that takes nothing for
+/// `--stall-timeout` (one write cannot complete) is dropped, its tool killed.
+async fn relay_tool_output<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    server: &Server,
+    cancel: &CancellationToken,
+    sent: &Arc<AtomicU64>,
+) -> Result<Streamed> {
+    let config = &server.config;
+    let options = ClientOptions::new(&config.backup_account.user, &config.backup_account.password)?;
+    let mut command = server.tool.backup_command(
+        &config.data_dir,
+        &config.mysql,
+        &options.path(),
+        config.backup_threads,
+    );
+    command.stdout(std::process::Stdio::piped());
+    let mut child = Supervised::spawn(command, "backup")?;
+    drop(options);
+    let mut stdout = child
+        .take_stdout()
+        .context("the backup tool's stdout was not a pipe")?;
+    let relayed = relay(&mut stdout, stream, config.stall_timeout, cancel, |n| {
+        server.metrics.stream_bytes.inc_by(n);
+        sent.fetch_add(n, Ordering::Relaxed);
+    })
+    .await;
+    drop(stdout);
+    match relayed {
+        Ok(Relayed::Done) => {}
+        Ok(Relayed::Stalled(stalled)) => {
+            child.kill().await?;
+            return Ok(Streamed::Stalled(stalled));
+        }
+        Err(e) => {
+            let finished = child.kill().await?;
+            return Err(e.context(format!("backup tool killed ({})", finished.describe())));
+        }
+    }
+    let finished = child.wait().await?;
+    let failure = (!backup_tool::completed_ok(&finished))
+        .then(|| format!("{} {}", server.tool.path.display(), finished.describe()));
+    Ok(Streamed::Finished(StreamStatus {
+        failure,
+        stream_bytes: sent.load(Ordering::Relaxed),
+        tool: server.tool.to_string(),
+    }))
+}
+
+/// How a relay ended, short of an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Relayed {
+    /// The source reached its end and everything was sent.
+    Done,
+    /// One write could not complete for this long: the reader stopped.
+    Stalled(Duration),
+}
+
+/// Copies `from` into `to` until `from` ends, calling `counted` with each piece sent. A
+/// piece that `to` does not take within `stall` ends it (the source may pause as long as it
+/// likes: that is the tool's pace); `cancel` ends it with an error.
+pub async fn relay<R, W>(
+    from: &mut R,
+    to: &mut W,
+    stall: Duration,
+    cancel: &CancellationToken,
+    mut counted: impl FnMut(u64),
+) -> Result<Relayed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = tokio::select! {
+            n = from.read(&mut buffer) => n.context("reading the backup tool's output")?,
+            () = cancel.cancelled() => bail!("the agent is shutting down"),
+        };
+        if n == 0 {
+            let flushed = tokio::time::timeout(stall, to.flush()).await;
+            return match flushed {
+                Ok(result) => result
+                    .context("sending to the client")
+                    .map(|()| Relayed::Done),
+                Err(_) => Ok(Relayed::Stalled(stall)),
+            };
+        }
+        let written = tokio::select! {
+            written = tokio::time::timeout(stall, to.write_all(&buffer[..n])) => written,
+            () = cancel.cancelled() => bail!("the agent is shutting down"),
+        };
+        match written {
+            Ok(result) => result.context("sending to the client")?,
+            Err(_) => return Ok(Relayed::Stalled(stall)),
+        }
+        counted(n as u64);
+    }
 }
 
 /// The stall rule on the serving side, apart from any clock: the client must acknowledge
@@ -663,6 +814,45 @@ mod tests {
             drained,
             peer_gone: false,
         }
+    }
+
+    /// The TLS relay delivers every byte in order and counts them; a reader that stops
+    /// taking bytes ends it after the stall window, on the paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn the_relay_delivers_everything_and_gives_up_on_a_reader_that_stopped() {
+        let data: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+        let cancel = CancellationToken::new();
+        let window = Duration::from_secs(60);
+        let (mut to, mut from_relay) = tokio::io::duplex(64 * 1024);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            from_relay.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut counted = 0;
+        let relayed = relay(&mut &data[..], &mut to, window, &cancel, |n| counted += n)
+            .await
+            .unwrap();
+        drop(to);
+        assert_eq!(relayed, Relayed::Done);
+        assert_eq!(counted, data.len() as u64);
+        assert!(reader.await.unwrap() == data);
+
+        let (mut to, _never_read) = tokio::io::duplex(1024);
+        let started = Instant::now();
+        let relayed = relay(&mut &data[..], &mut to, window, &cancel, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(relayed, Relayed::Stalled(window));
+        assert!(started.elapsed() >= window && started.elapsed() < window * 2);
+
+        cancel.cancel();
+        let (mut to, _never_read) = tokio::io::duplex(1024);
+        assert!(
+            relay(&mut &data[..], &mut to, window, &cancel, |_| {})
+                .await
+                .is_err()
+        );
     }
 
     /// A client that stops acknowledging while bytes wait is stalled after the window; one

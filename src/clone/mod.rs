@@ -63,6 +63,8 @@ pub struct Config {
     pub require_end_marker: bool,
     /// Prove it to donors and require their proof; `None` accepts any donor.
     pub secret: Option<BackupSecret>,
+    /// Mutual TLS with the donors (`--tls-dir`).
+    pub tls: Option<Arc<crate::tls::TlsDir>>,
     pub progress_interval: Duration,
     /// Where to restore from when no peer can serve (and on ordinal 0).
     pub restore: Option<Restore>,
@@ -507,6 +509,7 @@ async fn restore_attempt(
         flavor: tool.flavor(),
         stall: config.stall_timeout,
         secret: None,
+        tls: None,
         progress: Arc::clone(&progress),
         cancel: cancel.clone(),
     };
@@ -636,6 +639,7 @@ async fn attempt(
         flavor: tool.flavor(),
         stall: config.stall_timeout,
         secret: config.secret.clone(),
+        tls: config.tls.clone(),
         progress: Arc::clone(&progress),
         cancel: cancel.clone(),
     };

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -18,6 +21,7 @@ use super::{AttemptError, Donor};
 use crate::protocol::{self, OpenError};
 use crate::secrets::BackupSecret;
 use crate::sockets;
+use crate::tls::TlsDir;
 use crate::xbstream::{self, Decoder, DirSink, Progress, Summary};
 
 /// How long connecting to one donor may take before trying the next.
@@ -88,6 +92,8 @@ pub struct Transfer {
     pub flavor: xbstream::Flavor,
     pub stall: Duration,
     pub secret: Option<BackupSecret>,
+    /// Mutual TLS with the donor (`--tls-dir`).
+    pub tls: Option<Arc<TlsDir>>,
     pub progress: Arc<Progress>,
     pub cancel: CancellationToken,
 }
@@ -105,6 +111,7 @@ pub struct DonorStream {
 pub async fn open(
     donor: &Donor,
     secret: Option<&BackupSecret>,
+    tls: Option<&TlsDir>,
     stall: Duration,
     cancel: &CancellationToken,
 ) -> Result<DonorStream, AttemptError> {
@@ -119,6 +126,35 @@ pub async fn open(
     .with_context(|| format!("connecting to {donor}"))
     .map_err(unavailable)?;
     sockets::tune(&socket).map_err(AttemptError::Failed)?;
+    let socket: Either<TcpStream, Box<TlsStream<TcpStream>>> = match tls {
+        None => Either::Left(socket),
+        Some(tls) => {
+            let name = TlsDir::server_name(&donor.host).map_err(AttemptError::Fatal)?;
+            let connect = TlsConnector::from(tls.client_config()).connect(name, socket);
+            let connected = tokio::select! {
+                connected = tokio::time::timeout(DONOR_CONNECT_TIMEOUT, connect) => connected,
+                () = cancel.cancelled() => {
+                    return Err(AttemptError::Failed(anyhow!("interrupted by shutdown")));
+                }
+            };
+            match connected {
+                Ok(Ok(stream)) => Either::Right(Box::new(stream)),
+                // A certificate of another CA, expired, or for another name; or a donor
+                // without TLS. Counted as a failed attempt: the next donor may be right.
+                Ok(Err(e)) => {
+                    return Err(AttemptError::Failed(anyhow!(
+                        "TLS with {donor} failed: {e} (checked against the CA and the name {:?}; see --tls-dir)",
+                        donor.host
+                    )));
+                }
+                Err(_) => {
+                    return Err(AttemptError::Failed(anyhow!(
+                        "no TLS handshake with {donor} within {DONOR_CONNECT_TIMEOUT:?} (does it serve TLS? see --tls-dir)"
+                    )));
+                }
+            }
+        }
+    };
     let mut reader = BufReader::new(socket);
     let opened = tokio::select! {
         opened = tokio::time::timeout(stall, protocol::client_open(&mut reader, secret)) => opened,
@@ -143,8 +179,15 @@ pub async fn open(
     // From here the stream is read with plain blocking reads: what the handshake buffered
     // comes first, then the socket itself, whose read timeout makes a silent donor an error.
     let buffered = reader.buffer().to_vec();
-    let socket = reader
-        .into_inner()
+    // A TLS session goes on with rustls' blocking stream over the same socket and state.
+    let (socket, session) = match reader.into_inner() {
+        Either::Left(tcp) => (tcp, None),
+        Either::Right(tls) => {
+            let (tcp, session) = tls.into_inner();
+            (tcp, Some(session))
+        }
+    };
+    let socket = socket
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
         .and_then(|s| s.set_read_timeout(Some(stall)).map(|()| s))
@@ -161,10 +204,14 @@ pub async fn open(
             let _ = shutter.shutdown(Shutdown::Both);
         }
     }));
+    let source: Box<dyn Read + Send> = match session {
+        None => Box::new(socket),
+        Some(session) => Box::new(rustls::StreamOwned::new(session, socket)),
+    };
     let input = Cursor::new(head)
         .chain(Cursor::new(buffered))
         .chain(Stalling {
-            inner: socket,
+            inner: source,
             watch: StallWatch::new(stall, Instant::now()),
         });
     Ok(DonorStream {
@@ -177,7 +224,14 @@ pub async fn open(
 /// exist yet).
 pub async fn receive(donor: &Donor, transfer: Transfer) -> Result<Summary, AttemptError> {
     let stall = transfer.stall;
-    let stream = open(donor, transfer.secret.as_ref(), stall, &transfer.cancel).await?;
+    let stream = open(
+        donor,
+        transfer.secret.as_ref(),
+        transfer.tls.as_deref(),
+        stall,
+        &transfer.cancel,
+    )
+    .await?;
     let DonorStream { input, watcher } = stream;
     let decoded = tokio::task::spawn_blocking(move || decode(input, transfer)).await;
     drop(watcher);
