@@ -251,6 +251,11 @@ pub struct InitConfigArgs {
         default_value_t = 100
     )]
     pub server_id_offset: u32,
+
+    /// The mounted TLS Secret (tls.crt, tls.key, ca.crt) mysqld serves with: written into
+    /// conf.d as ssl_ca, ssl_cert and ssl_key (the mysql container mounts it at the same path)
+    #[arg(long, env = "MYSQL_AGENT_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl InitConfigArgs {
@@ -262,6 +267,14 @@ impl InitConfigArgs {
             config_map_dir: self.config_map_dir,
             conf_dir: self.conf_dir,
             server_id_offset: self.server_id_offset,
+            tls_dir: match self.tls_dir {
+                Some(dir) => {
+                    // Checked as every mode checks it: a broken Secret fails here, first.
+                    TlsDir::open(&dir).with_context(|| format!("--tls-dir {}", dir.display()))?;
+                    Some(dir)
+                }
+                None => None,
+            },
         })
     }
 }
@@ -740,6 +753,7 @@ impl ServeBackupArgs {
             port: self.primary_port,
             user: replication.user,
             password: replication.password,
+            tls: self.secret.tls_dir.clone(),
         };
         Ok(serve::Config {
             tool: self.tool.backup_tool,

@@ -10,6 +10,8 @@ use crate::fsutil;
 use crate::pod::{self, PodIdentity};
 
 pub const SERVER_ID_FILE: &str = "server-id.cnf";
+/// mysqld's TLS settings, written with `--tls-dir` and removed without it.
+pub const TLS_FILE: &str = "tls.cnf";
 /// The primary's config in the ConfigMap: the tutorial's name first, then the newer one.
 pub const PRIMARY_FILES: [&str; 2] = ["master.cnf", "primary.cnf"];
 pub const REPLICA_FILES: [&str; 2] = ["slave.cnf", "replica.cnf"];
@@ -20,6 +22,21 @@ pub struct Config {
     pub config_map_dir: PathBuf,
     pub conf_dir: PathBuf,
     pub server_id_offset: u32,
+    /// `--tls-dir`: mysqld serves TLS (replication included) with the same files, which
+    /// must be mounted at the same path in the mysql container.
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// mysqld's TLS settings from a kubernetes.io/tls Secret with its CA (same names in MySQL
+/// and MariaDB, 5.7 on).
+pub fn render_tls(dir: &Path) -> String {
+    use crate::tls::{CA_FILE, CERT_FILE, KEY_FILE};
+    format!(
+        "[mysqld]\nssl_ca={}\nssl_cert={}\nssl_key={}\n",
+        dir.join(CA_FILE).display(),
+        dir.join(CERT_FILE).display(),
+        dir.join(KEY_FILE).display()
+    )
 }
 
 pub fn render_server_id(server_id: u32) -> String {
@@ -50,6 +67,10 @@ pub fn run(config: &Config) -> Result<()> {
     fsutil::write_atomic(&conf_dir.join(role_file), &contents)?;
     for stale in other {
         fsutil::remove_all(&conf_dir.join(stale))?;
+    }
+    match &config.tls_dir {
+        Some(dir) => fsutil::write_atomic(&conf_dir.join(TLS_FILE), render_tls(dir).as_bytes())?,
+        None => fsutil::remove_all(&conf_dir.join(TLS_FILE))?,
     }
     info!(
         pod = %config.pod,
@@ -96,8 +117,25 @@ mod tests {
             config_map_dir: cm,
             conf_dir: conf,
             server_id_offset: 100,
+            tls_dir: None,
         };
         (root, config)
+    }
+
+    #[test]
+    fn tls_settings_follow_the_flag() {
+        let (_root, mut config) = setup(&[("master.cnf", "[mysqld]\nlog-bin\n")]);
+        config.tls_dir = Some("/etc/mysql-agent/tls".into());
+        run(&config).unwrap();
+        let written = fs::read_to_string(config.conf_dir.join(TLS_FILE)).unwrap();
+        assert_eq!(
+            written,
+            "[mysqld]\nssl_ca=/etc/mysql-agent/tls/ca.crt\nssl_cert=/etc/mysql-agent/tls/tls.crt\nssl_key=/etc/mysql-agent/tls/tls.key\n"
+        );
+        // Turned off again: the settings go, so mysqld does not look for files no longer mounted.
+        config.tls_dir = None;
+        run(&config).unwrap();
+        assert!(!config.conf_dir.join(TLS_FILE).exists());
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Source {
     pub port: u16,
     pub user: String,
     pub password: Password,
+    /// `--tls-dir`: replicate over TLS, verifying the primary's certificate and name, with
+    /// the files at this path (mounted at the same path in the mysql container).
+    pub tls: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Source {
@@ -155,8 +158,17 @@ pub fn setup_statements(
         Position::MariaDbGtid { .. } => options.push("MASTER_USE_GTID=slave_pos".into()),
         Position::MysqlGtid { .. } => options.push(format!("{opt}_AUTO_POSITION=1")),
     }
+    if let Some(dir) = &source.tls {
+        use crate::tls::{CA_FILE, CERT_FILE, KEY_FILE};
+        let path = |name: &str| lit(&dir.join(name).display().to_string());
+        options.push(format!("{opt}_SSL=1"));
+        options.push(format!("{opt}_SSL_CA={}", path(CA_FILE)));
+        options.push(format!("{opt}_SSL_CERT={}", path(CERT_FILE)));
+        options.push(format!("{opt}_SSL_KEY={}", path(KEY_FILE)));
+        options.push(format!("{opt}_SSL_VERIFY_SERVER_CERT=1"));
+    }
     // caching_sha2_password (MySQL 8's default) without TLS needs the source's RSA key.
-    if session.replication_account_needs_rsa_key {
+    if session.replication_account_needs_rsa_key && source.tls.is_none() {
         if server.source_syntax() {
             options.push("GET_SOURCE_PUBLIC_KEY=1".into());
         } else if server.mysql_at_least(8, 0, 4) {
@@ -579,6 +591,51 @@ mod tests {
             port: 3306,
             user: "repl".into(),
             password: Password::new("s3cr'et\\"),
+            tls: None,
+        }
+    }
+
+    /// With --tls-dir every dialect replicates over TLS and verifies the primary's
+    /// certificate, in its own words; no RSA key is fetched then (TLS carries the password).
+    #[test]
+    fn tls_options_in_each_dialect() {
+        let tls = Source {
+            tls: Some("/etc/mysql-agent/tls".into()),
+            ..source()
+        };
+        let gtid = Position::MariaDbGtid {
+            gtid_pos: "0-1-5".into(),
+        };
+        let file = Position::File {
+            file: "binlog.000002".into(),
+            pos: 4,
+        };
+        for (server, position, prefix) in [
+            ("10.11.19-MariaDB", &gtid, "MASTER"),
+            ("5.7.44", &file, "MASTER"),
+            ("8.0.36", &file, "SOURCE"),
+            ("8.4.3", &file, "SOURCE"),
+        ] {
+            let statements = setup_statements(&v(server), position, &tls, &rsa_session()).unwrap();
+            let change = statements.iter().find(|s| s.step == Step::Change).unwrap();
+            for option in [
+                format!("{prefix}_SSL=1"),
+                format!("{prefix}_SSL_CA='/etc/mysql-agent/tls/ca.crt'"),
+                format!("{prefix}_SSL_CERT='/etc/mysql-agent/tls/tls.crt'"),
+                format!("{prefix}_SSL_KEY='/etc/mysql-agent/tls/tls.key'"),
+                format!("{prefix}_SSL_VERIFY_SERVER_CERT=1"),
+            ] {
+                assert!(
+                    change.sql.contains(&option),
+                    "{server}: {} lacks {option}",
+                    change.sql
+                );
+            }
+            assert!(
+                !change.sql.contains("PUBLIC_KEY"),
+                "{server}: {}",
+                change.sql
+            );
         }
     }
 

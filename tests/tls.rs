@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{AGENT, read, secured_spec};
-use mysql_agent_harness::Cluster;
+use common::{AGENT, eventually, read, secured_spec};
+use mysql_agent_harness::{Cluster, REPLICATION_USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -164,6 +164,41 @@ async fn a_tls_clone_replicates_and_is_unreadable_on_the_wire() {
     let log = read(&cluster.pod(1).log("clone"));
     assert!(log.contains("clone complete"), "{log}");
 
+    // Replication runs over TLS, verifying the primary's certificate: the replication
+    // account is made to require TLS, and rows still flow after the IO thread reconnects.
+    let replica = cluster.pod(1);
+    cluster
+        .primary()
+        .exec("INSERT INTO app.t VALUES ('replicated')")
+        .await
+        .unwrap();
+    replica.wait_row_count("app.t", 2, CATCH_UP).await.unwrap();
+    for (column, want) in [
+        ("Master_SSL_Allowed", "Yes"),
+        ("Master_SSL_Verify_Server_Cert", "Yes"),
+        ("Slave_IO_Running", "Yes"),
+    ] {
+        assert_eq!(
+            replica.replica_field(column).await.unwrap().as_deref(),
+            Some(want),
+            "{column}"
+        );
+    }
+    cluster
+        .primary()
+        .exec(&format!("ALTER USER '{REPLICATION_USER}'@'%' REQUIRE SSL"))
+        .await
+        .unwrap();
+    replica.exec("STOP SLAVE; START SLAVE").await.unwrap();
+    cluster
+        .primary()
+        .exec("INSERT INTO app.t VALUES ('after REQUIRE SSL')")
+        .await
+        .unwrap();
+    replica.wait_row_count("app.t", 3, CATCH_UP).await.unwrap();
+    let primary_conf = fs::read_to_string(cluster.primary().conf_dir().join("tls.cnf")).unwrap();
+    assert!(primary_conf.contains("ssl_cert="), "{primary_conf}");
+
     // A tap between a clone and the donor sees ciphertext only.
     let primary = cluster.primary();
     let seen = tap(&format!("{}:4307", primary.addr), primary.backup_addr()).await;
@@ -195,8 +230,13 @@ async fn a_tls_clone_replicates_and_is_unreadable_on_the_wire() {
         !contains(&got, b"XBSTCK01") && !contains(&got, b"MYSQL-AGENT"),
         "{got:?}"
     );
-    let served = read(&primary.log("serve-backup"));
-    assert!(served.contains("TLS handshake failed"), "{served}");
+    let log = primary.log("serve-backup");
+    eventually(
+        Duration::from_secs(15),
+        "the refusal in the donor's log",
+        || read(&log).contains("TLS handshake failed"),
+    )
+    .await;
     cluster.stop().await.unwrap();
 }
 
