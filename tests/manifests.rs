@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -124,6 +125,49 @@ fn every_overlay_matches_the_binary() {
                     args[0]
                 );
             }
+        }
+
+        // TLS on by default: every agent on 3307 and mysqld read the same mounted Secret;
+        // only the migration overlay, whose tutorial pods cannot speak TLS, stays raw.
+        let tls_dir = |c: &Yaml| -> Option<String> {
+            list(&c["env"])
+                .iter()
+                .find(|e| e["name"].as_str() == Some("MYSQL_AGENT_TLS_DIR"))
+                .and_then(|e| e["value"].as_str().map(str::to_owned))
+        };
+        let mounts = |c: &Yaml| -> Vec<String> {
+            list(&c["volumeMounts"])
+                .iter()
+                .filter_map(|m| m["mountPath"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let agents: Vec<&Yaml> = inits
+            .iter()
+            .chain(containers)
+            .filter(|c| is_agent(c))
+            .collect();
+        if name == "tutorial-migration" {
+            assert!(agents.iter().all(|c| tls_dir(c).is_none()), "{name}");
+        } else {
+            let dir = tls_dir(sidecar).unwrap_or_else(|| panic!("{name}: no TLS"));
+            for container in agents.iter().copied().chain([mysql]) {
+                assert!(
+                    mounts(container).contains(&dir),
+                    "{name}: {:?} does not mount {dir}",
+                    container["name"]
+                );
+            }
+            assert!(
+                agents
+                    .iter()
+                    .all(|c| tls_dir(c).as_deref() == Some(dir.as_str())),
+                "{name}"
+            );
+            let job = find(&docs, "CronJob", "mysql-backup");
+            let backup =
+                &list(&job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"])[0];
+            assert_eq!(tls_dir(backup).as_deref(), Some(dir.as_str()), "{name}");
+            assert!(mounts(backup).contains(&dir), "{name}");
         }
 
         // Ports and probes match what the agent listens on and serves.
@@ -369,4 +413,40 @@ fn check_backup_job(name: &str, cronjob: &Yaml, help: &str) {
         .filter_map(|i| i["key"].as_str())
         .collect();
     assert_eq!(keys, ["backup-secret"], "{name}");
+}
+
+/// The cert-manager component issues what the TLS component mounts: the Secret's name,
+/// both usages (every pod serves and is a client), every pod's short name.
+#[test]
+fn the_cert_manager_certificate_fits_the_tls_component() {
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/components/cert-manager/certificate.yaml"),
+    )
+    .unwrap();
+    let docs = YamlLoader::load_from_str(&text).unwrap();
+    let cert = docs
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("Certificate")
+                && d["metadata"]["name"].as_str() == Some("mysql-tls")
+        })
+        .expect("a Certificate mysql-tls");
+    assert_eq!(cert["spec"]["secretName"].as_str(), Some("mysql-tls"));
+    assert_eq!(
+        strings(&cert["spec"]["usages"]),
+        ["server auth", "client auth"]
+    );
+    let names = strings(&cert["spec"]["dnsNames"]);
+    for n in 0..3 {
+        assert!(
+            names.contains(&format!("mysql-{n}.mysql").as_str()),
+            "{names:?}"
+        );
+    }
+    let tls = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/components/tls/statefulset.yaml"),
+    )
+    .unwrap();
+    assert!(tls.contains("secretName: mysql-tls"));
 }
