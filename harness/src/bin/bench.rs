@@ -257,6 +257,11 @@ struct Samples {
     agent_rss_kib: Vec<u64>,
     compare: Vec<f64>,
     compare_serve: Vec<f64>,
+    tls: Vec<f64>,
+    tls_rss_kib: Vec<u64>,
+    tls_serve: Vec<f64>,
+    /// Peak RSS of the TLS sidecar, read at the end.
+    tls_server_rss_kib: u64,
     tutorial: Vec<f64>,
     tutorial_prepare: Vec<f64>,
     floor_stream: Vec<f64>,
@@ -349,12 +354,34 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
         None => None,
     };
     let compared_donor = format!("{}:{COMPARED_PORT}", primary.addr);
+    // This build's sidecar again, with TLS: the StatefulSet's certificate from the README's
+    // openssl recipe, read by a clone and by a TLS client that only drains.
+    let tls_dir = root.join("tls");
+    run(Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/make-certs.sh"
+    ))
+    .arg("--ca")
+    .arg(root.join("ca"))
+    .arg("--out")
+    .arg(&tls_dir)
+    .args((0..4).map(|n| format!("mysql-{n}.bench"))))?;
+    let tls_sidecar = ComparedSidecar::start_on(
+        primary,
+        &cluster.spec().agent,
+        &root.join("tls-sidecar.log"),
+        (TLS_PORT, TLS_HTTP_PORT),
+        &["--tls-dir".as_ref(), tls_dir.as_os_str()],
+    )?;
+    let tls_donor = format!("{}:{TLS_PORT}", primary.host);
     let mut variants = vec![
         Variant::Agent,
         Variant::Tutorial,
         Variant::Floor,
         Variant::Serve,
         Variant::Direct,
+        Variant::Tls,
+        Variant::TlsServe,
     ];
     let mut samples = Samples::default();
     // Backups to a real S3 server, when one is installed (scripts/setup-s3.sh).
@@ -431,6 +458,16 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     samples.serve_bytes.push(bytes);
                 }
                 Variant::CompareServe => samples.compare_serve.push(serve_side(&compared_donor)?.0),
+                Variant::Tls => {
+                    let agent = &cluster.spec().agent;
+                    let tls = ["--tls-dir".as_ref(), tls_dir.as_os_str()];
+                    let (secs, rss) = agent_clone_with(&tls_donor, agent, &work, &tls)?;
+                    samples.tls.push(secs);
+                    samples.tls_rss_kib.push(rss);
+                }
+                Variant::TlsServe => samples
+                    .tls_serve
+                    .push(serve_side_tls(&tls_donor, &tls_dir)?.0),
                 Variant::Direct => samples.direct.push(direct(primary, args.tool_threads)?),
                 Variant::Backup => {
                     let (server, _) = s3.as_ref().expect("only with a server");
@@ -463,6 +500,8 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
         }
     }
     let server_rss_kib = peak_rss_kib(primary.sidecar_pid().context("no sidecar")?)?;
+    samples.tls_server_rss_kib = peak_rss_kib(tls_sidecar.0.id())?;
+    drop(tls_sidecar);
     drop(compared);
     if let Some((server, stored)) = s3 {
         let _ = std::fs::remove_file(stored.with_extension("raw"));
@@ -494,19 +533,41 @@ enum Variant {
     Floor,
     Serve,
     Direct,
+    Tls,
+    TlsServe,
 }
 
 /// Where the compared build's sidecar listens on the primary (3308 is the tutorial's).
 const COMPARED_PORT: u16 = 3309;
 const COMPARED_HTTP_PORT: u16 = 8081;
 
-/// The `--compare-agent` build's serve-backup on the primary, beside the cluster's own.
+/// Where the TLS sidecar listens on the primary, beside the cluster's own (plain) one.
+const TLS_PORT: u16 = 3310;
+const TLS_HTTP_PORT: u16 = 8082;
+
+/// A second serve-backup on the primary, beside the cluster's own: the `--compare-agent`
+/// build's, or this build's with `--tls-dir`.
 struct ComparedSidecar(std::process::Child);
 
 impl ComparedSidecar {
     fn start(primary: &Pod, agent: &Path, root: &Path) -> Result<Self> {
-        let log_path = root.join("compared-sidecar.log");
-        let log = std::fs::File::create(&log_path)?;
+        Self::start_on(
+            primary,
+            agent,
+            &root.join("compared-sidecar.log"),
+            (COMPARED_PORT, COMPARED_HTTP_PORT),
+            &[],
+        )
+    }
+
+    fn start_on(
+        primary: &Pod,
+        agent: &Path,
+        log_path: &Path,
+        (port, http_port): (u16, u16),
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Self> {
+        let log = std::fs::File::create(log_path)?;
         let child = Command::new(agent)
             .args([
                 "serve-backup",
@@ -518,11 +579,12 @@ impl ComparedSidecar {
             .arg("--data-dir")
             .arg(primary.data_dir())
             .arg("--listen")
-            .arg(format!("{}:{COMPARED_PORT}", primary.addr))
+            .arg(format!("{}:{port}", primary.addr))
             .arg("--http-listen")
-            .arg(format!("{}:{COMPARED_HTTP_PORT}", primary.addr))
+            .arg(format!("{}:{http_port}", primary.addr))
             .arg("--mysql-host")
             .arg(primary.addr.to_string())
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -532,7 +594,7 @@ impl ComparedSidecar {
         let sidecar = Self(child);
         // A primary serves as soon as it says so.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log_path)?.contains(SIDECAR_STARTED) {
+        while !std::fs::read_to_string(log_path)?.contains(SIDECAR_STARTED) {
             ensure!(
                 Instant::now() < deadline,
                 "the compared sidecar never became ready; see {}",
@@ -755,6 +817,15 @@ fn restore(server: &S3Server, agent: &Path, work: &Path) -> Result<(f64, u64)> {
 }
 
 fn agent_clone(donor: &str, agent: &Path, work: &Path) -> Result<(f64, u64)> {
+    agent_clone_with(donor, agent, work, &[])
+}
+
+fn agent_clone_with(
+    donor: &str,
+    agent: &Path,
+    work: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> Result<(f64, u64)> {
     let target = fresh(work, "agent")?;
     let t = Instant::now();
     let mut cmd = Command::new(agent);
@@ -769,6 +840,7 @@ fn agent_clone(donor: &str, agent: &Path, work: &Path) -> Result<(f64, u64)> {
     ])
     .arg("--data-dir")
     .arg(&target)
+    .args(extra)
     .env("RUST_LOG", "warn")
     .stdout(Stdio::null())
     .stderr(Stdio::null());
@@ -850,6 +922,32 @@ fn serve_side(server: &str) -> Result<(f64, u64)> {
     let socket = std::net::TcpStream::connect(server)?;
     let bytes = drain(socket)?;
     ensure!(bytes > 1 << 20, "the backup server sent only {bytes} bytes");
+    Ok((t.elapsed().as_secs_f64(), bytes))
+}
+
+/// [`serve_side`] through TLS with the StatefulSet's certificate: what the TLS relay serves.
+fn serve_side_tls(server: &str, tls_dir: &Path) -> Result<(f64, u64)> {
+    let tls = mysql_agent::tls::TlsDir::open(tls_dir)?;
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    let t = Instant::now();
+    let socket = std::net::TcpStream::connect(server)?;
+    let session = rustls::ClientConnection::new(
+        tls.client_config(),
+        mysql_agent::tls::TlsDir::server_name(host)?,
+    )?;
+    let mut stream = rustls::StreamOwned::new(session, socket);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        match std::io::Read::read(&mut stream, &mut buf)? {
+            0 => break,
+            n => bytes += n as u64,
+        }
+    }
+    ensure!(
+        bytes > 1 << 20,
+        "the TLS backup server sent only {bytes} bytes"
+    );
     Ok((t.elapsed().as_secs_f64(), bytes))
 }
 
@@ -1026,6 +1124,23 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
         format!("| peak RSS, receiving agent | {agent_rss:.1} MiB | under 32 MiB |"),
         format!("| peak RSS, serving agent | {server_rss:.1} MiB | under 32 MiB |"),
     ];
+    if !s.tls.is_empty() {
+        let tls = median(&s.tls);
+        let tls_serve = rate(&s.tls_serve);
+        let tls_rss = s.tls_rss_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+        let tls_server_rss = s.tls_server_rss_kib as f64 / 1024.0;
+        rows.extend([
+            format!(
+                "| TLS clone (mutual TLS 1.3, relayed by the sidecar) / agent clone | {tls:.2} s = {:.2}x | at most 1.15x |",
+                tls / agent
+            ),
+            format!(
+                "| TLS server / tool straight into the socket | {tls_serve:.0} / {direct:.0} MiB/s = {:.0}% | at least 85% |",
+                100.0 * tls_serve / direct
+            ),
+            format!("| peak RSS, TLS clone / TLS server | {tls_rss:.1} / {tls_server_rss:.1} MiB | at most 32 MiB each |"),
+        ]);
+    }
     if let Some((stream, stored)) = s.backup_sizes {
         let backup = median(&s.backup);
         let ingest = median(&s.ingest);
@@ -1123,7 +1238,7 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
     }
     let _ = writeln!(
         out,
-        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}, compared serve {:?}, backup {:?}, ingest {:?}, restore {:?}",
+        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}, compared serve {:?}, backup {:?}, ingest {:?}, restore {:?}, tls {:?}, tls serve {:?}",
         rounded(&s.agent),
         rounded(&s.tutorial),
         rounded(&s.floor_stream),
@@ -1133,7 +1248,9 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
         rounded(&s.compare_serve),
         rounded(&s.backup),
         rounded(&s.ingest),
-        rounded(&s.restore)
+        rounded(&s.restore),
+        rounded(&s.tls),
+        rounded(&s.tls_serve)
     );
     out
 }
