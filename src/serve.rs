@@ -29,7 +29,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::accounts::{self, Account, Role};
 use crate::backup_tool::{self, BackupTool};
@@ -126,6 +126,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         .map_err(errors::usage)?;
     raise_descriptor_limit();
     info!(listen = %listener.local_addr()?, tool = %tool, "serving backups");
+    if let Some(tls) = &config.tls {
+        info!(
+            dir = %tls.dir().display(),
+            kernel_tls = crate::tls::kernel_tls_available(),
+            "port 3307 speaks mutual TLS 1.3; the backup tool's output is relayed and encrypted in user space"
+        );
+    }
     if config.secret.is_none() {
         warn!(
             listen = %config.listen,
@@ -581,6 +588,9 @@ async fn stream_backup(
 
 /// Bytes the relay moves at a time.
 const RELAY_BUFFER: usize = 256 * 1024;
+/// The tool's stdout pipe under TLS (Linux's default is 64 KiB; unprivileged processes may
+/// go up to /proc/sys/fs/pipe-max-size, 1 MiB by default).
+const RELAY_PIPE_SIZE: i32 = 1 << 20;
 
 /// The backup tool's output relayed into a TLS session, which the tool cannot write into
 /// itself: read from its stdout pipe, encrypted and sent. A client that takes nothing for
@@ -605,6 +615,12 @@ async fn relay_tool_output<S: AsyncWrite + Unpin>(
     let mut stdout = child
         .take_stdout()
         .context("the backup tool's stdout was not a pipe")?;
+    // A larger pipe: fewer, larger reads and TLS writes per gigabyte. Best effort (the
+    // system's pipe-max-size may be lower).
+    if let Err(e) = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(RELAY_PIPE_SIZE))
+    {
+        debug!(error = %e, "could not enlarge the backup tool's pipe");
+    }
     let relayed = relay(&mut stdout, stream, config.stall_timeout, cancel, |n| {
         server.metrics.stream_bytes.inc_by(n);
         sent.fetch_add(n, Ordering::Relaxed);

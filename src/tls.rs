@@ -93,6 +93,34 @@ impl TlsDir {
     }
 }
 
+/// ring's TLS 1.3 suites with AES-128-GCM first: as strong for this purpose as AES-256 and
+/// cheaper per byte, which counts when both ends of a clone share two cores with the backup
+/// tool (the server picks, so both ends order them alike).
+fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+/// Where the kernel lists the upper-layer protocols it offers; "tls" there is kernel TLS.
+const AVAILABLE_ULP: &str = "/proc/sys/net/ipv4/tcp_available_ulp";
+
+/// Whether this kernel offers kernel TLS (the tls module loaded). The agent relays in user
+/// space either way; this is said at start-up so a benchmark knows which path it measured.
+pub fn kernel_tls_available() -> bool {
+    fs::read_to_string(AVAILABLE_ULP)
+        .map(|ulps| ulps.split_whitespace().any(|u| u == "tls"))
+        .unwrap_or(false)
+}
+
 fn stamp(dir: &Path) -> Vec<Option<(SystemTime, u64)>> {
     [CERT_FILE, KEY_FILE, CA_FILE]
         .iter()
@@ -144,7 +172,7 @@ fn load(dir: &Path) -> Result<Loaded> {
         })?;
     }
     let roots = Arc::new(roots);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider());
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
             .build()

@@ -63,11 +63,16 @@ struct Sidecar {
 /// Runs a replica's serve-backup against `fake` until replication is configured (or the
 /// agent exits), then SIGTERMs it.
 async fn run_sidecar(fake: &FakeMysql, data: &Path, tool: &Path) -> Sidecar {
-    run_sidecar_until(
+    run_sidecar_with(fake, data, tool, &[]).await
+}
+
+async fn run_sidecar_with(fake: &FakeMysql, data: &Path, tool: &Path, extra: &[&str]) -> Sidecar {
+    run_sidecar_until_with(
         fake,
         data,
         tool,
         &["replication is configured", "replication is not configured"],
+        extra,
     )
     .await
 }
@@ -79,6 +84,16 @@ async fn run_sidecar_until(
     data: &Path,
     tool: &Path,
     needles: &[&str],
+) -> Sidecar {
+    run_sidecar_until_with(fake, data, tool, needles, &[]).await
+}
+
+async fn run_sidecar_until_with(
+    fake: &FakeMysql,
+    data: &Path,
+    tool: &Path,
+    needles: &[&str],
+    extra: &[&str],
 ) -> Sidecar {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
@@ -104,6 +119,7 @@ async fn run_sidecar_until(
         ])
         .arg("--backup-tool")
         .arg(tool)
+        .args(extra)
         .stdin(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -141,6 +157,16 @@ async fn configure(
     plugin: &str,
     files: &[(&str, String)],
 ) -> (FakeMysql, Sidecar) {
+    configure_with(server, tool, plugin, files, &[]).await
+}
+
+async fn configure_with(
+    server: &str,
+    tool: &str,
+    plugin: &str,
+    files: &[(&str, String)],
+    extra: &[&str],
+) -> (FakeMysql, Sidecar) {
     let fake = FakeMysql::start(server, plugin).await;
     let dir = tempfile::tempdir().unwrap().keep();
     let data = dir.join("data");
@@ -148,7 +174,7 @@ async fn configure(
     for (name, text) in files {
         fs::write(data.join(name), text).unwrap();
     }
-    let sidecar = run_sidecar(&fake, &data, &fake_xtrabackup(&dir, tool, server)).await;
+    let sidecar = run_sidecar_with(&fake, &data, &fake_xtrabackup(&dir, tool, server), extra).await;
     assert!(
         sidecar.status.success(),
         "exit {}: {}",
@@ -578,4 +604,45 @@ async fn a_statement_the_server_will_never_parse_is_tried_once() {
         sidecar.log
     );
     assert_eq!(fake.rejected().len(), 1, "{:?}", fake.rejected());
+}
+
+/// With --tls-dir, replication is set up over TLS with the primary's certificate verified,
+/// in each MySQL version's words, and no RSA key is asked for (TLS carries the password).
+#[tokio::test]
+async fn tls_replication_statements_for_every_mysql_version() {
+    let certs = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/make-certs.sh"
+    ))
+    .arg("--ca")
+    .arg(certs.path().join("ca"))
+    .arg("--out")
+    .arg(certs.path().join("tls"))
+    .arg("mysql-0.mysql")
+    .status()
+    .unwrap();
+    assert!(status.success());
+    let dir = certs.path().join("tls").display().to_string();
+    let tls = |prefix: &str| {
+        format!(
+            "{prefix}_SSL=1, {prefix}_SSL_CA='{dir}/ca.crt', {prefix}_SSL_CERT='{dir}/tls.crt', {prefix}_SSL_KEY='{dir}/tls.key', {prefix}_SSL_VERIFY_SERVER_CERT=1"
+        )
+    };
+    for (server, plugin, prefix) in [
+        ("5.7.44-log", NATIVE, "MASTER"),
+        ("8.0.36", SHA2, "SOURCE"),
+        ("8.4.3", SHA2, "SOURCE"),
+    ] {
+        let tool = TOOLS.iter().find(|(s, _)| *s == server).unwrap().1;
+        let (fake, _) =
+            configure_with(server, tool, plugin, &[binlog_file()], &["--tls-dir", &dir]).await;
+        let change = fake
+            .changes()
+            .into_iter()
+            .find(|c| c.starts_with("CHANGE"))
+            .unwrap();
+        assert!(change.ends_with(&tls(prefix)), "{server}: {change}");
+        assert!(!change.contains("PUBLIC_KEY"), "{server}: {change}");
+    }
 }

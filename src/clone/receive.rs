@@ -86,6 +86,30 @@ impl<R: Read> Read for Stalling<R> {
     }
 }
 
+/// Bytes read from the socket at once under TLS: rustls alone reads 4 KiB at a time, a
+/// system call per 4 KiB of a multi-gigabyte stream.
+const TLS_READ_BUFFER: usize = 256 * 1024;
+
+/// A socket read through a buffer and written directly, for rustls' blocking stream (which
+/// writes only the odd alert or key update after the handshake).
+struct Buffered(io::BufReader<std::net::TcpStream>);
+
+impl Read for Buffered {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl io::Write for Buffered {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.get_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.get_mut().flush()
+    }
+}
+
 /// What receiving from one donor needs.
 pub struct Transfer {
     pub staging: PathBuf,
@@ -206,7 +230,10 @@ pub async fn open(
     }));
     let source: Box<dyn Read + Send> = match session {
         None => Box::new(socket),
-        Some(session) => Box::new(rustls::StreamOwned::new(session, socket)),
+        Some(session) => Box::new(rustls::StreamOwned::new(
+            session,
+            Buffered(io::BufReader::with_capacity(TLS_READ_BUFFER, socket)),
+        )),
     };
     let input = Cursor::new(head)
         .chain(Cursor::new(buffered))
