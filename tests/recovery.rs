@@ -179,3 +179,68 @@ async fn diverged_replicas_are_named_and_nothing_is_chosen() {
     assert!(left.is_empty(), "{left:?}");
     cluster.stop().await.unwrap();
 }
+
+/// The same recovery in the hardened StatefulSet: passwords and the backup secret from files,
+/// TLS on 3307 and for replication (every agent with `--tls-dir`, through its environment).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secured_tls_primary_recovers_from_its_replicas() {
+    let mut cluster = Cluster::create(common::secured_spec("recovery-tls", 74))
+        .await
+        .unwrap();
+    let root = cluster.spec().root.clone();
+    let tls = root.join("tls");
+    let names: Vec<String> = (0..8).map(|n| format!("mysql-{n}.recovery-tls")).collect();
+    let made = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/make-certs.sh"
+    ))
+    .arg("--ca")
+    .arg(root.join("ca"))
+    .arg("--out")
+    .arg(&tls)
+    .args(&names)
+    .status()
+    .unwrap();
+    assert!(made.success());
+    for _ in 0..3 {
+        let ordinal = cluster.new_pod().unwrap();
+        let pod = cluster.pod_mut(ordinal);
+        pod.agent_env
+            .push(("MYSQL_AGENT_TLS_DIR".into(), tls.display().to_string()));
+        pod.init_config().await.unwrap();
+        pod.clone_data(&[]).await.unwrap();
+        pod.start_mysqld().await.unwrap();
+        pod.start_sidecar(&[]).await.unwrap();
+    }
+    cluster
+        .primary()
+        .exec("CREATE DATABASE app; CREATE TABLE app.rows (id INT PRIMARY KEY, note VARCHAR(64))")
+        .await
+        .unwrap();
+    insert(cluster.primary(), 0, 100).await;
+    cluster
+        .wait_replicated("app.rows", 100, CATCH_UP)
+        .await
+        .unwrap();
+
+    lose_and_restart_primary(&mut cluster).await;
+    assert_eq!(count(cluster.primary()).await, 100);
+    assert!(read(&cluster.primary().log("clone")).contains("cloning from the most advanced"));
+    insert(cluster.primary(), 100, 110).await;
+    cluster
+        .wait_replicated("app.rows", 110, CATCH_UP)
+        .await
+        .unwrap();
+    for pod in cluster.replicas() {
+        assert_eq!(
+            pod.replica_field("Master_SSL_Verify_Server_Cert")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("Yes"),
+            "{}",
+            pod.name
+        );
+    }
+    cluster.stop().await.unwrap();
+}
