@@ -297,6 +297,31 @@ async fn wrong_certificates_are_refused_and_renewed_ones_used_without_a_restart(
         read(&cluster.primary().log("serve-backup")).contains("the TLS files changed"),
         "no reload logged"
     );
+
+    // The backup CronJob's mode takes its stream over TLS too.
+    let store = root.join("store");
+    fs::create_dir_all(&store).unwrap();
+    let url = format!("file://{}", store.display());
+    let donor = format!("{}:3307", cluster.primary().host);
+    let out = Command::new(AGENT)
+        .args(["backup", "--to", &url, "--donor", &donor])
+        .arg("--tls-dir")
+        .arg(&renewed)
+        .arg("--backup-secret-file")
+        .arg(cluster.credentials().unwrap().file("backup-secret"))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = Command::new(AGENT)
+        .args(["list-backups", &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1);
     cluster.stop().await.unwrap();
 }
 
