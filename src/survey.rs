@@ -588,6 +588,42 @@ mod tests {
         );
     }
 
+    /// A "replica" that sends an endless body, or nothing at all, costs the primary a bounded
+    /// read and a bounded wait, never memory or a hang (paused clock: the wait is virtual).
+    #[tokio::test(start_paused = true)]
+    async fn a_hostile_status_is_bounded() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            // First client: a huge body. Second: reads the request and says nothing.
+            let (mut huge, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = huge.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n";
+            let _ = huge.write_all(head.as_bytes()).await;
+            let filler = vec![b' '; 64 * 1024];
+            for _ in 0..64 {
+                if huge.write_all(&filler).await.is_err() {
+                    break;
+                }
+            }
+            drop(huge);
+            let (mut silent, _) = listener.accept().await.unwrap();
+            let _ = silent.read(&mut request).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        let client = client().unwrap();
+        let err = format!("{:#}", fetch(&client, "127.0.0.1", port).await.unwrap_err());
+        assert!(err.contains("more than 65536 bytes"), "{err}");
+        let started = Instant::now();
+        let err = format!("{:#}", fetch(&client, "127.0.0.1", port).await.unwrap_err());
+        assert!(
+            started.elapsed() <= PROBE_TIMEOUT + Duration::from_millis(100),
+            "{err}"
+        );
+    }
+
     #[test]
     fn status_round_trips_as_json() {
         let status = answer("mysql-2", Some(mariadb("0-100-9"))).status;
