@@ -383,6 +383,7 @@ impl CloneArgs {
     pub fn into_config(self) -> Result<clone::Config> {
         let pod = self.pod.identity()?;
         fsutil::check_dir(&self.data.data_dir, "--data-dir", true)?;
+        let explicit_donors = !self.donors.is_empty();
         let donors = if self.donors.is_empty() {
             // Ordinal 0 asks every replica; a replica clones from the pods before it.
             let hosts = if pod.is_primary() {
@@ -404,6 +405,7 @@ impl CloneArgs {
             survey: clone::Survey {
                 http_port: self.peer_http_port,
                 wait: self.peer_wait,
+                explicit_donors,
             },
             pod,
             data_dir: self.data.data_dir,

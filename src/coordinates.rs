@@ -142,8 +142,9 @@ pub fn parse_slave_info(text: &str) -> Result<Option<Position>> {
     );
     if let Some(c) = GTID_SLAVE_POS.captures(text) {
         let gtid_pos = c[1].trim().to_owned();
+        // Empty: a GTID replica that had applied nothing yet, in an empty history.
         ensure!(
-            is_mariadb_gtid_list(&gtid_pos),
+            gtid_pos.is_empty() || is_mariadb_gtid_list(&gtid_pos),
             "gtid_slave_pos {gtid_pos:?} is not a MariaDB GTID list"
         );
         return Ok(Some(Position::MariaDbGtid { gtid_pos }));

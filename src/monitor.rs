@@ -187,11 +187,19 @@ pub async fn run(
     let mut was_up = None;
     let mut last_verdict: Option<Result<(), NotReady>> = None;
     loop {
-        let reply = tokio::select! {
-            _ = ticks.tick() => None,
-            Some(reply) = refresh.recv() => Some(reply),
+        let mut replies = Vec::new();
+        tokio::select! {
+            _ = ticks.tick() => {}
+            Some(reply) = refresh.recv() => {
+                // Every request waiting now shares this one check: asking often cannot
+                // drive mysqld harder than one query at a time.
+                replies.push(reply);
+                while let Ok(more) = refresh.try_recv() {
+                    replies.push(more);
+                }
+            }
             () = cancel.cancelled() => break,
-        };
+        }
         let observed =
             tokio::time::timeout(CHECK_TIMEOUT, check(&mut conn, &target, &server, replica))
                 .await
@@ -229,7 +237,7 @@ pub async fn run(
             }
             last_verdict = Some(verdict);
         }
-        if let Some(reply) = reply {
+        for reply in replies {
             // The asker may have given up; nothing to do then.
             let _ = reply.send(snapshot.clone());
         }

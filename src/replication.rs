@@ -320,6 +320,13 @@ fn executed_position(column: &impl Fn(&str) -> Option<String>) -> Option<Positio
         return (gtid_pos.is_empty() || is_mariadb_gtid_list(&gtid_pos))
             .then_some(Position::MariaDbGtid { gtid_pos });
     }
+    // A MariaDB replica by file and position still keeps the GTIDs it applied: reported as
+    // such, it compares with the GTID replicas of a cluster set up before this version.
+    if let Some(gtid_pos) = column("Gtid_Slave_Pos").map(|p| p.trim().to_owned())
+        && is_mariadb_gtid_list(&gtid_pos)
+    {
+        return Some(Position::MariaDbGtid { gtid_pos });
+    }
     if column("Auto_Position").as_deref() == Some("1") {
         let gtid_set: String = column("Executed_Gtid_Set")?
             .chars()
@@ -932,6 +939,19 @@ mod tests {
             })
         );
         assert_eq!(status(&[("Using_Gtid", "Slave_Pos")]).executed, None);
+        // By file, with applied GTIDs: those, comparable with the GTID replicas.
+        assert_eq!(
+            status(&[
+                file[0],
+                file[1],
+                ("Using_Gtid", "No"),
+                ("Gtid_Slave_Pos", "0-100-4")
+            ])
+            .executed,
+            Some(Position::MariaDbGtid {
+                gtid_pos: "0-100-4".into()
+            })
+        );
         assert_eq!(
             status(&[("Relay_Master_Log_File", ""), ("Exec_Master_Log_Pos", "4")]).executed,
             None

@@ -638,7 +638,24 @@ async fn relay_tool_output<S: AsyncWrite + Unpin>(
             return Err(e.context(format!("backup tool killed ({})", finished.describe())));
         }
     }
-    let finished = child.wait().await?;
+    // Its output is closed: the tool is finishing. A tool that hangs there is killed.
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(TOOL_EXIT_TIMEOUT, child.wait()) => waited,
+        () = cancel.cancelled() => {
+            let finished = child.kill().await?;
+            bail!("the agent is shutting down; backup tool killed ({})", finished.describe());
+        }
+    };
+    let finished = match waited {
+        Ok(finished) => finished?,
+        Err(_) => {
+            let finished = child.kill().await?;
+            bail!(
+                "the backup tool closed its output but did not exit within {TOOL_EXIT_TIMEOUT:?}; killed ({})",
+                finished.describe()
+            );
+        }
+    };
     let failure = (!backup_tool::completed_ok(&finished))
         .then(|| format!("{} {}", server.tool.path.display(), finished.describe()));
     Ok(Streamed::Finished(StreamStatus {
@@ -647,6 +664,9 @@ async fn relay_tool_output<S: AsyncWrite + Unpin>(
         tool: server.tool.to_string(),
     }))
 }
+
+/// How long the backup tool may take to exit once it closed its output.
+const TOOL_EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a relay ended, short of an error.
 #[derive(Debug, PartialEq, Eq)]

@@ -27,8 +27,13 @@ use crate::coordinates::Position;
 pub const STATUS_PATH: &str = "/status";
 /// The sidecar's HTTP port in the StatefulSet (see `serve-backup --http-listen`).
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
-/// One request to one sidecar, connection included.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// One request to one sidecar, connection included: longer than the sidecar may take to
+/// answer one (its check's bound and queue, see `http::STATUS_TIMEOUT`).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a replica that exists (it resolves and something listens) but gives no status
+/// (busy, setting up, mysqld down) is waited for, past `--peer-wait`: it may hold the most
+/// advanced data, so the primary neither starts empty nor chooses without it.
+pub const PRESENT_PEER_WAIT: Duration = Duration::from_secs(120);
 /// Pause between rounds of asking the replicas that have not answered yet.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// A status larger than this is not one.
@@ -255,8 +260,8 @@ impl fmt::Display for NoChoice {
 impl std::error::Error for NoChoice {}
 
 /// The most advanced replicas among those that answered. `Ok(None)` when none answered (a
-/// first boot); an error when some answered but none has applied anything, or when their
-/// histories diverged: then nothing is chosen silently.
+/// first boot); an error when one answered without a position, or when their histories
+/// diverged: then nothing is chosen silently.
 pub fn choose(answers: &[Answer]) -> Result<Option<Choice>, NoChoice> {
     if answers.is_empty() {
         return Ok(None);
@@ -271,12 +276,23 @@ pub fn choose(answers: &[Answer]) -> Result<Option<Choice>, NoChoice> {
                 .map(|p| (a, p))
         })
         .collect();
-    if positioned.is_empty() {
-        let names: Vec<&str> = answers.iter().map(|a| a.peer.as_str()).collect();
+    let unknown: Vec<&str> = answers
+        .iter()
+        .filter(|a| {
+            a.status
+                .replication
+                .as_ref()
+                .and_then(|r| r.executed.as_ref())
+                .is_none()
+        })
+        .map(|a| a.peer.as_str())
+        .collect();
+    if !unknown.is_empty() {
         return Err(NoChoice(format!(
-            "{} answered but none has applied any of the primary's history (replication not configured): \
-             refusing both to start an empty primary beside them and to clone from them",
-            names.join(", ")
+            "{} answered without a position in the primary's history (replication not configured, or not by \
+             this agent): refusing both to start an empty primary beside it and to choose without knowing \
+             what it holds; decide, then clone the primary from one replica with --donor",
+            unknown.join(", ")
         )));
     }
     let mut diverged = Vec::new();
@@ -336,17 +352,37 @@ pub fn choose(answers: &[Answer]) -> Result<Option<Choice>, NoChoice> {
     }))
 }
 
-/// Asks `peers` (host names) for their status on `port` until all have answered or `wait`
-/// has passed, whichever is first; a peer that never answers is left out.
+/// What asking the replicas found.
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub answers: Vec<Answer>,
+    /// Replicas that exist but gave no status in time, with the last reason.
+    pub silent: Vec<(String, String)>,
+}
+
+/// One probe's outcome.
+enum Probe {
+    Answered(PeerStatus),
+    /// No such host, or nothing listens: no pod there (a first boot, a smaller StatefulSet).
+    Absent(String),
+    /// Something is there but gave no status (busy, setting up, mysqld down, too slow).
+    Silent(String),
+}
+
+/// Asks `peers` (host names) for their status on `port`. Peers that are absent (their name
+/// does not resolve, or nothing listens) are asked again until `wait` has passed; peers that
+/// are there but give no status, until [`PRESENT_PEER_WAIT`]. Ends early once every peer
+/// has answered or is absent past `wait`.
 pub async fn survey(
     peers: &[String],
     port: u16,
     wait: Duration,
     cancel: &CancellationToken,
-) -> Result<Vec<Answer>> {
+) -> Result<Survey> {
     let client = client()?;
-    let deadline = Instant::now() + wait;
+    let started = Instant::now();
     let mut answers: Vec<Option<PeerStatus>> = vec![None; peers.len()];
+    let mut silent: Vec<Option<String>> = vec![None; peers.len()];
     loop {
         let round = peers
             .iter()
@@ -355,7 +391,7 @@ pub async fn survey(
             .filter(|(_, (_, answer))| answer.is_none())
             .map(|(i, (peer, _))| {
                 let client = client.clone();
-                async move { (i, fetch(&client, peer, port).await) }
+                async move { (i, probe(&client, peer, port).await) }
             });
         let results = tokio::select! {
             () = cancel.cancelled() => {
@@ -365,30 +401,81 @@ pub async fn survey(
         };
         for (i, result) in results {
             match result {
-                Ok(status) => {
+                Probe::Answered(status) => {
                     info!(peer = %peers[i], ?status.replication, "a replica answered");
                     answers[i] = Some(status);
+                    silent[i] = None;
                 }
-                Err(e) => debug!(peer = %peers[i], error = %format!("{e:#}"), "no answer yet"),
+                Probe::Absent(why) => {
+                    debug!(peer = %peers[i], %why, "no replica there (yet)");
+                    silent[i] = None;
+                }
+                Probe::Silent(why) => {
+                    info!(peer = %peers[i], %why, "a replica is there but gave no status yet");
+                    silent[i] = Some(why);
+                }
             }
         }
-        if answers.iter().all(Option::is_some) || Instant::now() >= deadline {
+        let elapsed = started.elapsed();
+        let waiting_for_silent = silent.iter().any(Option::is_some);
+        if answers.iter().all(Option::is_some)
+            || (elapsed >= wait && !waiting_for_silent)
+            || elapsed >= wait.max(PRESENT_PEER_WAIT)
+        {
             break;
         }
         crate::retry::sleep(PROBE_INTERVAL, cancel)
             .await
             .context("waiting for the replicas to answer")?;
     }
-    Ok(peers
-        .iter()
-        .zip(answers)
-        .filter_map(|(peer, status)| {
-            status.map(|status| Answer {
+    let mut survey = Survey::default();
+    for ((peer, status), why) in peers.iter().zip(answers).zip(silent) {
+        match (status, why) {
+            (Some(status), _) => survey.answers.push(Answer {
                 peer: peer.clone(),
                 status,
-            })
-        })
-        .collect())
+            }),
+            (None, Some(why)) => survey.silent.push((peer.clone(), why)),
+            (None, None) => {}
+        }
+    }
+    Ok(survey)
+}
+
+/// One question to one peer, its failure sorted: absent, or there and silent.
+async fn probe(client: &reqwest::Client, host: &str, port: u16) -> Probe {
+    let resolved = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+    match resolved {
+        Ok(Ok(addrs)) => {
+            if addrs.count() == 0 {
+                return Probe::Absent(format!("{host} has no address"));
+            }
+        }
+        Ok(Err(e)) => return Probe::Absent(format!("{host} does not resolve: {e}")),
+        Err(_) => return Probe::Silent(format!("resolving {host} took over {PROBE_TIMEOUT:?}")),
+    }
+    match fetch(client, host, port).await {
+        Ok(status) => Probe::Answered(status),
+        Err(e) if refused(&e) => Probe::Absent(format!("nothing listens on {host}:{port}")),
+        Err(e) => Probe::Silent(format!("{e:#}")),
+    }
+}
+
+/// Whether the connection was refused (no sidecar there), through reqwest's error chain.
+fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(cause);
+        while let Some(err) = source {
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+            {
+                return true;
+            }
+            source = err.source();
+        }
+        false
+    })
 }
 
 fn client() -> Result<reqwest::Client> {
@@ -550,7 +637,6 @@ mod tests {
             answer("mysql-1.mysql", Some(mariadb("0-100-5"))),
             answer("mysql-2.mysql", Some(mariadb("0-100-9"))),
             answer("mysql-3.mysql", Some(mariadb("0-100-9"))),
-            answer("mysql-4.mysql", None),
         ])
         .unwrap()
         .unwrap();
@@ -579,11 +665,16 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("mysql-2.mysql ("), "{err}");
-        let err = choose(&[answer("mysql-1.mysql", None)])
-            .unwrap_err()
-            .to_string();
+        // A replica without a position stops the choice even beside one that has one: it
+        // may hold more than it can say.
+        let err = choose(&[
+            answer("mysql-1.mysql", None),
+            answer("mysql-2.mysql", Some(mariadb("0-100-9"))),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(
-            err.contains("mysql-1.mysql answered but none has applied"),
+            err.contains("mysql-1.mysql answered without a position"),
             "{err}"
         );
     }

@@ -23,9 +23,12 @@ pub const CERT_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
 pub const CA_FILE: &str = "ca.crt";
 
+/// Each file's modification time and length (`None` when missing): what tells a change.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
 /// What one read of the directory gave.
 struct Loaded {
-    stamp: Vec<Option<(SystemTime, u64)>>,
+    stamp: Stamp,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
@@ -34,6 +37,8 @@ struct Loaded {
 pub struct TlsDir {
     dir: PathBuf,
     loaded: Mutex<Arc<Loaded>>,
+    /// The files' stamp when they last failed to load: not tried again until they change.
+    failed: Mutex<Option<Stamp>>,
 }
 
 impl std::fmt::Debug for TlsDir {
@@ -50,6 +55,7 @@ impl TlsDir {
         Ok(Self {
             dir: dir.to_owned(),
             loaded: Mutex::new(Arc::new(loaded)),
+            failed: Mutex::new(None),
         })
     }
 
@@ -62,17 +68,22 @@ impl TlsDir {
     /// good settings and says so.
     fn current(&self) -> Arc<Loaded> {
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        if stamp(&self.dir) != loaded.stamp {
+        let now = stamp(&self.dir);
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        if now != loaded.stamp && failed.as_ref() != Some(&now) {
             match load(&self.dir) {
                 Ok(fresh) => {
                     tracing::info!(dir = %self.dir.display(), "the TLS files changed; using them from the next connection");
                     *loaded = Arc::new(fresh);
                 }
-                Err(e) => tracing::warn!(
-                    dir = %self.dir.display(),
-                    error = %crate::errors::report(&e),
-                    "the TLS files changed but do not load; keeping the previous ones"
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        error = %crate::errors::report(&e),
+                        "the TLS files changed but do not load; keeping the previous ones"
+                    );
+                    *failed = Some(now);
+                }
             }
         }
         Arc::clone(&loaded)
@@ -121,7 +132,7 @@ pub fn kernel_tls_available() -> bool {
         .unwrap_or(false)
 }
 
-fn stamp(dir: &Path) -> Vec<Option<(SystemTime, u64)>> {
+fn stamp(dir: &Path) -> Stamp {
     [CERT_FILE, KEY_FILE, CA_FILE]
         .iter()
         .map(|name| {

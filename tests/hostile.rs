@@ -100,6 +100,15 @@ async fn a_client_that_stops_reading_loses_the_backup_slot() {
     primary.start_sidecar(&[]).await.unwrap();
     let primary = cluster.primary();
     let data_dir = primary.data_dir();
+    // Ready first: a client arriving while set-up runs is told NOT-READY, not given a backup.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::http_get(&primary.http_addr(), "/readyz").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sidecar never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Raw mode: one unauthenticated connection that reads 64 KiB and then nothing.
     let mut stalled = TcpStream::connect(primary.backup_addr()).await.unwrap();

@@ -79,6 +79,8 @@ pub struct Survey {
     pub http_port: u16,
     /// How long to wait for answers before concluding that this is a first boot.
     pub wait: Duration,
+    /// `--donor` was given: a human chose whom ordinal 0 recovers from.
+    pub explicit_donors: bool,
 }
 
 /// A stored backup to restore from (`clone --restore-from`).
@@ -175,7 +177,17 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
             "no --backup-secret-file: donors are not authenticated, so anyone on the pod network could feed this pod a backup"
         );
     }
-    match datadir::inspect(data_dir)? {
+    let state = match datadir::inspect(data_dir) {
+        Ok(state) => state,
+        // The primary has always left its data dir to mysqld; an odd file there must not
+        // keep it from starting.
+        Err(e) if primary => {
+            warn!(data_dir = %data_dir.display(), error = %report(&e), "cannot tell what the data dir holds; leaving it to mysqld");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    match state {
         DataDirState::Empty => {}
         DataDirState::CloneDone => {
             datadir::tidy_done(data_dir)?;
@@ -210,7 +222,7 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     // its replicas hold the data. Ask them before mysqld may initialise an empty database.
     let recovery = if primary {
         match recovery_plan(config, cancel).await? {
-            Some(choice) => Some(choice),
+            Some(recovery) => Some(recovery),
             None if config.restore.is_some() => None,
             None => {
                 info!(
@@ -238,7 +250,7 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     )?;
     let cloned = match (&recovery, &config.restore, planned) {
         // A primary that lost its volume: the most advanced replica's data.
-        (Some(choice), _, _) => recover_from_replicas(config, &tool, choice, cancel).await,
+        (Some(recovery), _, _) => recover_from_replicas(config, &tool, recovery, cancel).await,
         // Ordinal 0 with no replica: it rebuilds the cluster from the store.
         (None, Some(restore), Some(planned)) => {
             info!(store = %restore.location, backup = %planned.1.name, "ordinal 0 with an empty data dir and no replica: restoring from the backup store");
@@ -277,12 +289,13 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
         cloned.files,
         cloned.coordinates
     );
-    if let Some(choice) = &recovery {
-        let continued = continue_binlog_history(data_dir, choice, &cloned.coordinates)?;
+    if let Some(recovery) = &recovery {
+        let continued =
+            continue_binlog_history(data_dir, &recovery.source_log_file, &cloned.coordinates)?;
         record.push_str(&format!(
             "recovered_primary_from = {}\nprimary_log_file = {}\nbinlog_state = {}\n",
             cloned.source,
-            choice.source_log_file,
+            recovery.source_log_file,
             continued.as_deref().unwrap_or("none")
         ));
     }
@@ -299,59 +312,104 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// Ordinal 0's question to its replicas (see [`crate::survey`]): `None` when none answered
-/// within the wait, the most advanced ones otherwise; an error when they cannot be ranked.
-async fn recovery_plan(
-    config: &Config,
-    cancel: &CancellationToken,
-) -> Result<Option<survey::Choice>> {
+/// What a primary that lost its volume recovers from.
+#[derive(Debug)]
+struct Recovery {
+    donors: Vec<Donor>,
+    /// Where the chosen replicas said they stand; `None` when a human named the donors.
+    expected: Option<crate::coordinates::Position>,
+    /// The primary's binary log file name, as the replicas read it.
+    source_log_file: String,
+}
+
+/// Ordinal 0's question to its replicas (see [`crate::survey`]): `None` when no replica is
+/// there (a first boot), the most advanced ones otherwise; an error when a replica is there
+/// but silent, or when they cannot be ranked. With `--donor` given, a human has chosen:
+/// those donors, whatever they report.
+async fn recovery_plan(config: &Config, cancel: &CancellationToken) -> Result<Option<Recovery>> {
     let hosts: Vec<String> = config.donors.iter().map(|d| d.host.clone()).collect();
     if hosts.is_empty() {
         return Ok(None);
     }
     info!(replicas = ?hosts, wait = ?config.survey.wait, "ordinal 0 with an empty data dir: asking the replicas how far they have applied before mysqld may start empty");
-    let answers =
+    let survey =
         survey::survey(&hosts, config.survey.http_port, config.survey.wait, cancel).await?;
-    let choice = survey::choose(&answers).map_err(|e| {
+    let log_file = |answers: &[survey::Answer]| {
+        answers
+            .iter()
+            .filter_map(|a| a.status.replication.as_ref())
+            .map(|r| r.source_log_file.clone())
+            .find(|f| !f.is_empty())
+            .unwrap_or_default()
+    };
+    if config.survey.explicit_donors {
+        info!(donors = ?hosts, "ordinal 0 with an empty data dir and --donor given: cloning from the named donors");
+        return Ok(Some(Recovery {
+            donors: config.donors.clone(),
+            expected: None,
+            source_log_file: log_file(&survey.answers),
+        }));
+    }
+    if !survey.silent.is_empty() {
+        let silent: Vec<String> = survey
+            .silent
+            .iter()
+            .map(|(peer, why)| format!("{peer} ({why})"))
+            .collect();
+        bail!(
+            "ordinal 0 lost its data and {} did not report how far it has replicated within {}: it may hold the \
+             newest data, so the primary neither starts empty nor chooses without it; bring it up, or clone the \
+             primary from a replica of your choice with --donor",
+            silent.join(", "),
+            humantime::format_duration(config.survey.wait.max(survey::PRESENT_PEER_WAIT))
+        );
+    }
+    let choice = survey::choose(&survey.answers).map_err(|e| {
         anyhow::Error::new(e)
             .context("ordinal 0 lost its data and cannot recover it from its replicas on its own")
     })?;
-    if let Some(choice) = &choice {
-        info!(
-            chosen = ?choice.peers,
-            position = ?choice.position,
-            behind = ?choice.behind,
-            "the primary's data is gone but its replicas hold it: cloning from the most advanced"
-        );
-    }
-    Ok(choice)
+    let Some(choice) = choice else {
+        return Ok(None);
+    };
+    info!(
+        chosen = ?choice.peers,
+        position = ?choice.position,
+        behind = ?choice.behind,
+        "the primary's data is gone but its replicas hold it: cloning from the most advanced"
+    );
+    Ok(Some(Recovery {
+        donors: config
+            .donors
+            .iter()
+            .filter(|d| choice.peers.contains(&d.host))
+            .cloned()
+            .collect(),
+        expected: Some(choice.position),
+        source_log_file: choice.source_log_file,
+    }))
 }
 
-/// Clones the primary from the most advanced replicas (any of them, all being equal).
+/// Clones the primary from the recovery's donors (any of them, all being equal).
 async fn recover_from_replicas(
     config: &Config,
     tool: &BackupTool,
-    choice: &survey::Choice,
+    recovery: &Recovery,
     cancel: &CancellationToken,
 ) -> Result<Cloned> {
-    let donors: Vec<Donor> = config
-        .donors
-        .iter()
-        .filter(|d| choice.peers.contains(&d.host))
-        .cloned()
-        .collect();
-    let cloned = from_peers(config, &donors, tool, cancel).await?;
-    // The clone's own metadata says where its data stands; a replica that moved on between
-    // the question and the backup is fine (further on), one that fell back is not.
-    if let Ok(survey::Relation::Ordered(std::cmp::Ordering::Less)) =
-        survey::compare(&cloned.coordinates.position, &choice.position)
-    {
-        bail!(
-            "the backup from {} stands at {:?}, behind the {:?} it reported",
-            cloned.source,
-            cloned.coordinates.position,
-            choice.position
-        );
+    let cloned = from_peers(config, &recovery.donors, tool, cancel).await?;
+    // The clone's own metadata says where its data stands: at or past what the replica
+    // reported (it may have applied more meanwhile), never behind it or elsewhere.
+    if let Some(expected) = &recovery.expected {
+        use std::cmp::Ordering::{Equal, Greater};
+        match survey::compare(&cloned.coordinates.position, expected) {
+            Ok(survey::Relation::Ordered(Equal | Greater)) => {}
+            other => bail!(
+                "the backup from {} stands at {:?}, not at or past the {:?} it reported ({other:?})",
+                cloned.source,
+                cloned.coordinates.position,
+                expected
+            ),
+        }
     }
     Ok(cloned)
 }
@@ -364,7 +422,7 @@ async fn recover_from_replicas(
 /// Returns the state written, if any.
 fn continue_binlog_history(
     data_dir: &Path,
-    choice: &survey::Choice,
+    source_log_file: &str,
     coordinates: &Coordinates,
 ) -> Result<Option<String>> {
     use crate::coordinates::Position;
@@ -372,13 +430,13 @@ fn continue_binlog_history(
         // No transaction yet: the new log starts the history as the old one did.
         Position::MariaDbGtid { gtid_pos } if gtid_pos.is_empty() => Ok(None),
         Position::MariaDbGtid { gtid_pos } => {
-            let base = survey::split_log_file(&choice.source_log_file)
+            let base = survey::split_log_file(source_log_file)
                 .map(|(base, _)| base)
                 .ok()
                 .filter(|base| !base.is_empty() && !base.contains('/') && !base.starts_with('.'));
             let Some(base) = base else {
                 warn!(
-                    log_file = %choice.source_log_file,
+                    log_file = %source_log_file,
                     "cannot tell the primary's binary log name from the replicas; its new log starts without the old history, \
                      so a lagging replica could skip transactions: check every replica's position"
                 );

@@ -92,7 +92,7 @@ const TLS_READ_BUFFER: usize = 256 * 1024;
 
 /// A socket read through a buffer and written directly, for rustls' blocking stream (which
 /// writes only the odd alert or key update after the handshake).
-struct Buffered(io::BufReader<std::net::TcpStream>);
+struct Buffered(io::BufReader<Stalling<std::net::TcpStream>>);
 
 impl Read for Buffered {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -102,11 +102,11 @@ impl Read for Buffered {
 
 impl io::Write for Buffered {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.get_mut().write(buf)
+        self.0.get_mut().inner.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.get_mut().flush()
+        self.0.get_mut().inner.flush()
     }
 }
 
@@ -228,6 +228,12 @@ pub async fn open(
             let _ = shutter.shutdown(Shutdown::Both);
         }
     }));
+    // The stall rule watches the socket's own reads: under TLS one read of the decrypted
+    // stream may take many socket reads (a whole record), each of them bounded.
+    let socket = Stalling {
+        inner: socket,
+        watch: StallWatch::new(stall, Instant::now()),
+    };
     let source: Box<dyn Read + Send> = match session {
         None => Box::new(socket),
         Some(session) => Box::new(rustls::StreamOwned::new(
@@ -235,12 +241,7 @@ pub async fn open(
             Buffered(io::BufReader::with_capacity(TLS_READ_BUFFER, socket)),
         )),
     };
-    let input = Cursor::new(head)
-        .chain(Cursor::new(buffered))
-        .chain(Stalling {
-            inner: source,
-            watch: StallWatch::new(stall, Instant::now()),
-        });
+    let input = Cursor::new(head).chain(Cursor::new(buffered)).chain(source);
     Ok(DonorStream {
         input: Box::new(input),
         watcher,
