@@ -82,6 +82,21 @@ async fn a_primary_that_lost_its_volume_recovers_every_row_from_its_replicas() {
         "{record}"
     );
     assert!(record.contains("binlog_state = 0-"), "{record}");
+    // The seed took: the new binary log continues the replicas' history.
+    let seeded = record
+        .lines()
+        .find_map(|l| l.strip_prefix("binlog_state = "))
+        .unwrap()
+        .to_owned();
+    let state: Vec<String> = primary
+        .query_rows("SELECT @@GLOBAL.gtid_binlog_state")
+        .await
+        .unwrap();
+    assert_eq!(
+        state,
+        [seeded],
+        "the recovered primary's binary log does not continue the history"
+    );
 
     // New writes reach both replicas, nothing skipped or applied twice.
     insert(cluster.primary(), 200, 250).await;
