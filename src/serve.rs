@@ -42,7 +42,7 @@ use crate::metrics::{self, BackupResult, Metrics};
 use crate::monitor::{self, Judge, Readiness};
 use crate::mysql::{self, MysqlTarget, ServerInfo};
 use crate::pod::PodIdentity;
-use crate::process::Supervised;
+use crate::process::{Finished, Supervised};
 use crate::progress::{self, Sample};
 use crate::protocol::handshake::{self, AUTH_TIMEOUT, LINE_WRITE_TIMEOUT};
 use crate::protocol::{Message, Rejection, StreamInfo, StreamStatus};
@@ -602,16 +602,7 @@ async fn relay_tool_output<S: AsyncWrite + Unpin>(
     sent: &Arc<AtomicU64>,
 ) -> Result<Streamed> {
     let config = &server.config;
-    let options = ClientOptions::new(&config.backup_account.user, &config.backup_account.password)?;
-    let mut command = server.tool.backup_command(
-        &config.data_dir,
-        &config.mysql,
-        &options.path(),
-        config.backup_threads,
-    );
-    command.stdout(std::process::Stdio::piped());
-    let mut child = Supervised::spawn(command, "backup")?;
-    drop(options);
+    let mut child = spawn_tool(server, std::process::Stdio::piped())?;
     let mut stdout = child
         .take_stdout()
         .context("the backup tool's stdout was not a pipe")?;
@@ -622,8 +613,7 @@ async fn relay_tool_output<S: AsyncWrite + Unpin>(
         debug!(error = %e, "could not enlarge the backup tool's pipe");
     }
     let relayed = relay(&mut stdout, stream, config.stall_timeout, cancel, |n| {
-        server.metrics.stream_bytes.inc_by(n);
-        sent.fetch_add(n, Ordering::Relaxed);
+        count_sent(server, sent, n)
     })
     .await;
     drop(stdout);
@@ -656,13 +646,40 @@ async fn relay_tool_output<S: AsyncWrite + Unpin>(
             );
         }
     };
-    let failure = (!backup_tool::completed_ok(&finished))
+    Ok(finished_stream(server, &finished, sent))
+}
+
+/// Starts the backup tool with its stdout on `stdout`. Its options file (with the
+/// password) lives only until the tool has started: never on a disk or a command line.
+fn spawn_tool(server: &Server, stdout: std::process::Stdio) -> Result<Supervised> {
+    let config = &server.config;
+    let options = ClientOptions::new(&config.backup_account.user, &config.backup_account.password)?;
+    let mut command = server.tool.backup_command(
+        &config.data_dir,
+        &config.mysql,
+        &options.path(),
+        config.backup_threads,
+    );
+    command.stdout(stdout);
+    // Spawning consumes the command and with it the agent's copy of the tool's stdout.
+    Supervised::spawn(command, "backup")
+}
+
+/// `n` more bytes of the tool's stream reached the client.
+fn count_sent(server: &Server, sent: &AtomicU64, n: u64) {
+    server.metrics.stream_bytes.inc_by(n);
+    sent.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The end-of-stream status for a tool that exited after sending `sent` bytes.
+fn finished_stream(server: &Server, finished: &Finished, sent: &AtomicU64) -> Streamed {
+    let failure = (!backup_tool::completed_ok(finished))
         .then(|| format!("{} {}", server.tool.path.display(), finished.describe()));
-    Ok(Streamed::Finished(StreamStatus {
+    Streamed::Finished(StreamStatus {
         failure,
         stream_bytes: sent.load(Ordering::Relaxed),
         tool: server.tool.to_string(),
-    }))
+    })
 }
 
 /// How long the backup tool may take to exit once it closed its output.
@@ -758,14 +775,6 @@ async fn stream_tool_output(
     sent: &Arc<AtomicU64>,
 ) -> Result<Streamed> {
     let config = &server.config;
-    // Lives until the tool has started: its password never touches a disk or a command line.
-    let options = ClientOptions::new(&config.backup_account.user, &config.backup_account.password)?;
-    let mut command = server.tool.backup_command(
-        &config.data_dir,
-        &config.mysql,
-        &options.path(),
-        config.backup_threads,
-    );
     // What the agent wrote so far is acknowledged before the tool starts, so the count
     // after it exits minus this one is the tool's output.
     let baseline = handoff::drained(socket.as_fd(), config.stall_timeout, cancel).await?;
@@ -774,22 +783,17 @@ async fn stream_tool_output(
         .as_fd()
         .try_clone_to_owned()
         .context("duplicating the client socket")?;
-    command.stdout(std::process::Stdio::from(tool_end));
-    // Spawning consumes the command and with it the agent's copy of the tool's descriptor.
-    let mut child = Supervised::spawn(command, "backup")?;
-    drop(options);
+    let mut child = spawn_tool(server, std::process::Stdio::from(tool_end))?;
     let mut counted = 0u64;
     let mut count = |acked: u64| {
         let delivered = acked.saturating_sub(baseline);
-        let new = delivered.saturating_sub(counted);
-        server.metrics.stream_bytes.inc_by(new);
-        sent.fetch_add(new, Ordering::Relaxed);
+        count_sent(server, sent, delivered.saturating_sub(counted));
         counted = delivered;
     };
     let mut watch = SendWatch::new(config.stall_timeout, Instant::now(), baseline);
     let mut tick = tokio::time::interval(handoff::POLL_TICK);
     enum End {
-        Exited(crate::process::Finished),
+        Exited(Finished),
         Stalled(Duration),
         Cancelled,
     }
@@ -831,13 +835,7 @@ async fn stream_tool_output(
         .with_context(|| format!("the backup tool {}", finished.describe()))?;
     count(acked);
     drop(blocking);
-    let failure = (!backup_tool::completed_ok(&finished))
-        .then(|| format!("{} {}", server.tool.path.display(), finished.describe()));
-    Ok(Streamed::Finished(StreamStatus {
-        failure,
-        stream_bytes: sent.load(Ordering::Relaxed),
-        tool: server.tool.to_string(),
-    }))
+    Ok(finished_stream(server, &finished, sent))
 }
 
 #[cfg(test)]

@@ -461,20 +461,12 @@ async fn probe(client: &reqwest::Client, host: &str, port: u16) -> Probe {
     }
 }
 
-/// Whether the connection was refused (no sidecar there), through reqwest's error chain.
+/// Whether the connection was refused (no sidecar there), anywhere in reqwest's error chain.
 fn refused(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(cause);
-        while let Some(err) = source {
-            if err
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-            {
-                return true;
-            }
-            source = err.source();
-        }
-        false
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
     })
 }
 

@@ -611,18 +611,13 @@ async fn a_statement_the_server_will_never_parse_is_tried_once() {
 #[tokio::test]
 async fn tls_replication_statements_for_every_mysql_version() {
     let certs = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/make-certs.sh"
-    ))
-    .arg("--ca")
-    .arg(certs.path().join("ca"))
-    .arg("--out")
-    .arg(certs.path().join("tls"))
-    .arg("mysql-0.mysql")
-    .status()
+    mysql_agent_harness::make_certs(
+        &certs.path().join("ca"),
+        &certs.path().join("tls"),
+        30,
+        &["mysql-0.mysql".into()],
+    )
     .unwrap();
-    assert!(status.success());
     let dir = certs.path().join("tls").display().to_string();
     let tls = |prefix: &str| {
         format!(

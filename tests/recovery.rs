@@ -46,7 +46,7 @@ async fn insert(pod: &Pod, from: u32, to: u32) {
 /// Deletes mysql-0 with its volume and brings it back as the StatefulSet would.
 async fn lose_and_restart_primary(cluster: &mut Cluster) {
     cluster.pod_mut(0).lose_volume().await.unwrap();
-    cluster.restart_pod(0).await.unwrap();
+    cluster.start_pod(0).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -202,31 +202,8 @@ async fn a_secured_tls_primary_recovers_from_its_replicas() {
     let mut cluster = Cluster::create(common::secured_spec("recovery-tls", 74))
         .await
         .unwrap();
-    let root = cluster.spec().root.clone();
-    let tls = root.join("tls");
-    let names: Vec<String> = (0..8).map(|n| format!("mysql-{n}.recovery-tls")).collect();
-    let made = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/make-certs.sh"
-    ))
-    .arg("--ca")
-    .arg(root.join("ca"))
-    .arg("--out")
-    .arg(&tls)
-    .args(&names)
-    .status()
-    .unwrap();
-    assert!(made.success());
-    for _ in 0..3 {
-        let ordinal = cluster.new_pod().unwrap();
-        let pod = cluster.pod_mut(ordinal);
-        pod.agent_env
-            .push(("MYSQL_AGENT_TLS_DIR".into(), tls.display().to_string()));
-        pod.init_config().await.unwrap();
-        pod.clone_data(&[]).await.unwrap();
-        pod.start_mysqld().await.unwrap();
-        pod.start_sidecar(&[]).await.unwrap();
-    }
+    cluster.enable_tls().unwrap();
+    cluster.scale_to(3).await.unwrap();
     cluster
         .primary()
         .exec("CREATE DATABASE app; CREATE TABLE app.rows (id INT PRIMARY KEY, note VARCHAR(64))")

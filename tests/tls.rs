@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{AGENT, eventually, read, secured_spec};
-use mysql_agent_harness::{Cluster, REPLICATION_USER};
+use mysql_agent_harness::{Cluster, MAX_PODS, REPLICATION_USER, pod_host};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -21,25 +21,13 @@ const CATCH_UP: Duration = Duration::from_secs(60);
 const MARKER: &str = "tls-wire-marker-7f3a9c";
 
 fn make_certs(ca: &Path, out: &Path, days: u32, names: &[String]) {
-    let status = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/make-certs.sh"
-    ))
-    .arg("--ca")
-    .arg(ca)
-    .arg("--out")
-    .arg(out)
-    .args(["--days", &days.to_string()])
-    .args(names)
-    .status()
-    .unwrap();
-    assert!(status.success(), "make-certs.sh failed");
+    mysql_agent_harness::make_certs(ca, out, days, names).unwrap();
 }
 
 /// Every pod's short name: a wildcard right under a one-label domain (`*.mysql`) matches
 /// nothing for rustls, as for browsers, so the StatefulSet's certificate lists them.
 fn pod_names(service: &str) -> Vec<String> {
-    (0..8).map(|n| format!("mysql-{n}.{service}")).collect()
+    (0..MAX_PODS).map(|n| pod_host(service, n)).collect()
 }
 
 /// A secured cluster of `pods` pods, every agent with `--tls-dir` (through its environment,
@@ -48,26 +36,16 @@ async fn tls_cluster(service: &str, subnet: u8, pods: u32) -> (Cluster, PathBuf)
     let mut cluster = Cluster::create(secured_spec(service, subnet))
         .await
         .unwrap();
-    let root = cluster.spec().root.clone();
-    let tls = root.join("tls");
-    make_certs(&root.join("ca"), &tls, 30, &pod_names(service));
-    for _ in 0..pods {
-        let ordinal = cluster.new_pod().unwrap();
-        let pod = cluster.pod_mut(ordinal);
-        pod.agent_env
-            .push(("MYSQL_AGENT_TLS_DIR".into(), tls.display().to_string()));
-        pod.init_config().await.unwrap();
-        pod.clone_data(&[]).await.unwrap();
-        pod.start_mysqld().await.unwrap();
-        pod.start_sidecar(&[]).await.unwrap();
-        if ordinal == 0 {
-            pod.exec(&format!(
-                "CREATE DATABASE app; CREATE TABLE app.t (v VARCHAR(64)); INSERT INTO app.t VALUES ('{MARKER}')"
-            ))
-            .await
-            .unwrap();
-        }
-    }
+    let tls = cluster.enable_tls().unwrap();
+    cluster.add_pod().await.unwrap();
+    cluster
+        .primary()
+        .exec(&format!(
+            "CREATE DATABASE app; CREATE TABLE app.t (v VARCHAR(64)); INSERT INTO app.t VALUES ('{MARKER}')"
+        ))
+        .await
+        .unwrap();
+    cluster.scale_to(pods).await.unwrap();
     (cluster, tls)
 }
 

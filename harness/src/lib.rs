@@ -156,6 +156,9 @@ pub struct Cluster {
     config_map: PathBuf,
     credentials: Option<Credentials>,
     pods: Vec<Pod>,
+    /// Environment every pod created from now on gives its agent processes (see
+    /// [`Cluster::enable_tls`]).
+    pod_env: Vec<(String, String)>,
     _hosts: HostsBlock,
 }
 
@@ -193,6 +196,7 @@ impl Cluster {
             config_map,
             credentials,
             pods: Vec::new(),
+            pod_env: Vec::new(),
             _hosts: hosts,
         })
     }
@@ -241,30 +245,41 @@ impl Cluster {
     pub fn new_pod(&mut self) -> Result<u32> {
         let ordinal = self.pods.len() as u32;
         ensure!(ordinal < MAX_PODS, "at most {MAX_PODS} pods");
-        let pod = Pod::new(
+        let mut pod = Pod::new(
             &self.spec,
             &self.config_map,
             self.credentials.clone(),
             ordinal,
         )?;
+        pod.agent_env.extend(self.pod_env.iter().cloned());
         self.pods.push(pod);
         Ok(ordinal)
+    }
+
+    /// TLS for every pod created from now on, as the TLS component gives it: the
+    /// StatefulSet's certificate (every pod's name, from `scripts/make-certs.sh`) in
+    /// `<root>/tls`, and `MYSQL_AGENT_TLS_DIR` for every agent process. Returns the directory.
+    pub fn enable_tls(&mut self) -> Result<PathBuf> {
+        let root = &self.spec.root;
+        let tls = root.join("tls");
+        let names: Vec<String> = (0..MAX_PODS)
+            .map(|n| pod_host(&self.spec.service, n))
+            .collect();
+        make_certs(&root.join("ca"), &tls, CERT_DAYS, &names)?;
+        self.pod_env
+            .push(("MYSQL_AGENT_TLS_DIR".into(), tls.display().to_string()));
+        Ok(tls)
     }
 
     /// Starts the next pod: init-config, clone, mysqld, Ready, serve-backup.
     pub async fn add_pod(&mut self) -> Result<()> {
         let ordinal = self.new_pod()?;
-        let pod = self.pod_mut(ordinal);
-        pod.init_config().await?;
-        pod.clone_data(&[]).await?;
-        pod.start_mysqld().await?;
-        pod.start_sidecar(&[]).await?;
-        Ok(())
+        self.start_pod(ordinal).await
     }
 
-    /// Brings pod `ordinal` back the StatefulSet's way after it was deleted: init-config,
-    /// clone, mysqld, serve-backup, with the same flags as every pod.
-    pub async fn restart_pod(&mut self, ordinal: u32) -> Result<()> {
+    /// Runs pod `ordinal`'s containers the StatefulSet's way, with the same flags as every
+    /// pod: init-config, clone, mysqld, serve-backup. Also how a deleted pod comes back.
+    pub async fn start_pod(&mut self, ordinal: u32) -> Result<()> {
         let pod = self.pod_mut(ordinal);
         pod.init_config().await?;
         pod.clone_data(&[]).await?;
@@ -305,6 +320,31 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Days a test certificate is valid.
+const CERT_DAYS: u32 = 30;
+
+/// Runs the project's openssl recipe (`scripts/make-certs.sh`): a certificate for `names`,
+/// valid `days` (0: already expired), signed by the CA in `ca` (created if missing), into
+/// `out` as tls.crt, tls.key and ca.crt.
+pub fn make_certs(ca: &Path, out: &Path, days: u32, names: &[String]) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-certs.sh");
+    let status = std::process::Command::new(&script)
+        .arg("--ca")
+        .arg(ca)
+        .arg("--out")
+        .arg(out)
+        .args(["--days", &days.to_string()])
+        .args(names)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        status.success(),
+        "{} exited with {status}",
+        script.display()
+    );
+    Ok(())
 }
 
 pub fn pod_addr(subnet: u8, ordinal: u32) -> Ipv4Addr {

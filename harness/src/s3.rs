@@ -48,19 +48,24 @@ pub struct S3Server {
     child: Option<Child>,
 }
 
+/// `binary` if it is installed, with the server's data dir `dir` emptied for it.
+fn installed(binary: PathBuf, name: &str, dir: &Path) -> Result<PathBuf> {
+    ensure!(
+        binary.is_file(),
+        "{name} is not installed at {} (run scripts/setup-s3.sh)",
+        binary.display()
+    );
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    Ok(binary)
+}
+
 impl S3Server {
     /// Starts Garage on `addr` (ports 3900-3903) with data under `dir` (emptied first) and
     /// bucket `bucket`, and waits until `agent list-backups` can list it.
     pub async fn garage(dir: &Path, addr: Ipv4Addr, bucket: &str, agent: &Path) -> Result<Self> {
-        let binary = garage_binary();
-        ensure!(
-            binary.is_file(),
-            "Garage is not installed at {} (run scripts/setup-s3.sh)",
-            binary.display()
-        );
-        if dir.exists() {
-            fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
-        }
+        let binary = installed(garage_binary(), "Garage", dir)?;
         fs::create_dir_all(dir.join("meta"))?;
         fs::create_dir_all(dir.join("data"))?;
         let random = |n: usize| -> Result<String> {
@@ -111,15 +116,7 @@ impl S3Server {
     /// Starts SeaweedFS (`weed mini`: master, volume, filer and S3 in one process) on `addr`
     /// with data under `dir` (emptied first) and bucket `bucket`.
     pub async fn seaweedfs(dir: &Path, addr: Ipv4Addr, bucket: &str, agent: &Path) -> Result<Self> {
-        let binary = weed_binary();
-        ensure!(
-            binary.is_file(),
-            "SeaweedFS is not installed at {} (run scripts/setup-s3.sh)",
-            binary.display()
-        );
-        if dir.exists() {
-            fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
-        }
+        let binary = installed(weed_binary(), "SeaweedFS", dir)?;
         fs::create_dir_all(dir.join("data"))?;
         let config = dir.join("s3.json");
         fs::write(
@@ -164,6 +161,17 @@ impl S3Server {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+    }
+
+    /// The same settings, for the agent's store client in-process (the benchmark's uploads).
+    pub fn settings(&self) -> mysql_agent::store::S3Settings {
+        mysql_agent::store::S3Settings {
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(SECRET_KEY.into()),
+            region: Some(self.region.clone()),
+            endpoint: Some(self.endpoint.clone()),
+            session_token: None,
+        }
     }
 
     /// `s3://<bucket>/<prefix>`.

@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use mysql_agent::store::{S3Settings, Store};
+use mysql_agent::store::Store;
 use mysql_agent_harness::s3::S3Server;
-use mysql_agent_harness::{Cluster, ClusterSpec, MYSQL_PORT, Pod, SIDECAR_STARTED, dir_size};
+use mysql_agent_harness::{
+    Cluster, ClusterSpec, MAX_PODS, MYSQL_PORT, Pod, SIDECAR_STARTED, dir_size, pod_host,
+};
 
 /// Benchmark clones on a loopback cluster with a sysbench dataset.
 #[derive(Parser)]
@@ -357,15 +359,10 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
     // This build's sidecar again, with TLS: the StatefulSet's certificate from the README's
     // openssl recipe, read by a clone and by a TLS client that only drains.
     let tls_dir = root.join("tls");
-    run(Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/make-certs.sh"
-    ))
-    .arg("--ca")
-    .arg(root.join("ca"))
-    .arg("--out")
-    .arg(&tls_dir)
-    .args((0..4).map(|n| format!("mysql-{n}.bench"))))?;
+    let names: Vec<String> = (0..MAX_PODS)
+        .map(|n| pod_host(&cluster.spec().service, n))
+        .collect();
+    mysql_agent_harness::make_certs(&root.join("ca"), &tls_dir, 30, &names)?;
     let tls_sidecar = ComparedSidecar::start_on(
         primary,
         &cluster.spec().agent,
@@ -712,13 +709,7 @@ async fn first_backup(
     ensure!(status.success(), "the first backup failed: {status}");
     let store = Store::open(
         &server.url(BACKUP_PREFIX).parse()?,
-        &S3Settings {
-            access_key_id: Some(mysql_agent_harness::s3::ACCESS_KEY.into()),
-            secret_access_key: Some(mysql_agent_harness::s3::SECRET_KEY.into()),
-            region: Some(mysql_agent_harness::s3::REGION.into()),
-            endpoint: Some(server.endpoint.clone()),
-            session_token: None,
-        },
+        &server.settings(),
         false,
     )?;
     let manifest = mysql_agent::catalog::choose(&store, None).await?;
@@ -754,17 +745,7 @@ fn backup(
 /// The S3 server alone ingesting the stored bytes of a backup, through the agent's own
 /// upload path (same client, parts and concurrency). Seconds.
 async fn ingest(server: &S3Server, stored: &Path, run: usize) -> Result<f64> {
-    let store = Store::open(
-        &server.url("ingest").parse()?,
-        &S3Settings {
-            access_key_id: Some(mysql_agent_harness::s3::ACCESS_KEY.into()),
-            secret_access_key: Some(mysql_agent_harness::s3::SECRET_KEY.into()),
-            region: Some(mysql_agent_harness::s3::REGION.into()),
-            endpoint: Some(server.endpoint.clone()),
-            session_token: None,
-        },
-        false,
-    )?;
+    let store = Store::open(&server.url("ingest").parse()?, &server.settings(), false)?;
     let name = format!("run-{run}");
     let input = std::fs::File::open(stored)?;
     let t = Instant::now();
