@@ -10,12 +10,14 @@ use anyhow::{Context, Result, ensure};
 use clap::{Args, Parser, Subcommand};
 
 use crate::accounts::Account;
+use crate::archiver;
 use crate::backup;
 use crate::clone::{self, Donor};
 use crate::fsutil;
 use crate::init_config;
 use crate::mysql::MysqlTarget;
 use crate::packing::{self, Identities, Recipients};
+use crate::pitr;
 use crate::pod::PodIdentity;
 use crate::protocol;
 use crate::replication::Source;
@@ -345,6 +347,25 @@ pub struct CloneArgs {
     #[arg(long, env = "MYSQL_AGENT_AGE_IDENTITY_FILE", value_name = "PATH")]
     pub age_identity_file: Option<PathBuf>,
 
+    /// Point-in-time recovery on ordinal 0: restore the latest backup before TARGET, then
+    /// replay the archived binary logs up to it. TARGET is an RFC 3339 time in UTC
+    /// (2026-12-02T14:02:00Z: transactions stamped at or before it) or a MariaDB GTID
+    /// (0-100-57: through that transaction). Replicas then clone from ordinal 0, never from
+    /// the store
+    #[arg(
+        long,
+        env = "MYSQL_AGENT_RESTORE_UNTIL",
+        value_name = "TARGET",
+        requires = "restore_from",
+        conflicts_with = "backup"
+    )]
+    pub restore_until: Option<pitr::Target>,
+
+    /// The server configuration the replay of --restore-until runs mysqld with
+    /// (--defaults-file), so it matches the pod's [default: the server's own default files]
+    #[arg(long, env = "MYSQL_AGENT_MYSQLD_DEFAULTS_FILE", value_name = "PATH")]
+    pub mysqld_defaults_file: Option<PathBuf>,
+
     /// The StatefulSet's replica count: ordinal 0 with an empty data dir asks
     /// <statefulset>-1.<service> … <statefulset>-N-1.<service> how far they have replicated
     /// (or the --donor hosts, when given)
@@ -384,6 +405,7 @@ impl CloneArgs {
         let pod = self.pod.identity()?;
         fsutil::check_dir(&self.data.data_dir, "--data-dir", true)?;
         let explicit_donors = !self.donors.is_empty();
+        let primary = pod.is_primary();
         let donors = if self.donors.is_empty() {
             // Ordinal 0 asks every replica; a replica clones from the pods before it.
             let hosts = if pod.is_primary() {
@@ -426,6 +448,14 @@ impl CloneArgs {
                     location,
                     s3: S3Settings::from_env(),
                     backup: self.backup,
+                    until: self.restore_until,
+                    replay: match (&self.mysqld_defaults_file, primary) {
+                        (Some(path), true) => {
+                            fsutil::check_file(path, "--mysqld-defaults-file")?;
+                            Some(path.clone())
+                        }
+                        _ => None,
+                    },
                     identities: self
                         .age_identity_file
                         .as_deref()
@@ -711,6 +741,26 @@ pub struct ServeBackupArgs {
           value_parser = humantime::parse_duration)]
     pub max_replication_lag: Duration,
 
+    /// Archive the primary's binary logs to this store (s3://BUCKET/PREFIX or file:///DIR,
+    /// credentials as for backups), for point-in-time recovery; replicas ignore it
+    #[arg(long, env = "MYSQL_AGENT_ARCHIVE_BINLOGS_TO", value_name = "URL")]
+    pub archive_binlogs_to: Option<Location>,
+
+    /// The open binary log's new transactions are archived at least this often (closed
+    /// files at once)
+    #[arg(long, env = "MYSQL_AGENT_BINLOG_ARCHIVE_INTERVAL", value_name = "DURATION", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub binlog_archive_interval: Duration,
+
+    /// zstd level of the archived binary logs (as backup's --compression-level)
+    #[arg(long, env = "MYSQL_AGENT_COMPRESSION_LEVEL", value_name = "N", default_value_t = packing::DEFAULT_LEVEL,
+          value_parser = clap::value_parser!(i32).range(-7..=19), allow_negative_numbers = true)]
+    pub compression_level: i32,
+
+    /// Encrypt the archived binary logs with age to the public key(s) in this file
+    #[arg(long, env = "MYSQL_AGENT_AGE_RECIPIENT_FILE", value_name = "PATH")]
+    pub age_recipient_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub progress: ProgressArgs,
 }
@@ -774,6 +824,23 @@ impl ServeBackupArgs {
             http_listen: self.http_listen,
             max_replication_lag: self.max_replication_lag,
             progress_interval: self.progress.interval(),
+            archive: match self.archive_binlogs_to {
+                None => None,
+                Some(location) => Some(archiver::Config {
+                    location,
+                    s3: S3Settings::from_env(),
+                    recipients: self
+                        .age_recipient_file
+                        .as_deref()
+                        .map(|path| {
+                            Recipients::from_file(path)
+                                .with_context(|| format!("--age-recipient-file {}", path.display()))
+                        })
+                        .transpose()?,
+                    compression_level: self.compression_level,
+                    interval: self.binlog_archive_interval.max(Duration::from_secs(1)),
+                }),
+            },
         })
     }
 }

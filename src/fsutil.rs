@@ -53,6 +53,15 @@ pub fn check_dir(dir: &Path, flag: &str, writable: bool) -> Result<()> {
     Ok(())
 }
 
+/// Checks that the file a flag names exists and can be read.
+pub fn check_file(path: &Path, flag: &str) -> Result<()> {
+    let meta =
+        fs::metadata(path).with_context(|| format!("{flag} {}: cannot use it", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "{flag} {}: not a file", path.display());
+    File::open(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+    Ok(())
+}
+
 /// Makes the directory's entries (creations, renames, removals) durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

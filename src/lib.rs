@@ -8,27 +8,37 @@
 //!   [`xbstream`]); on ordinal 0, the most advanced replica's when the primary lost its
 //!   volume ([`survey`]);
 //! - `serve-backup` (sidecar): replication is pointed at the primary from the clone's
-//!   coordinates, then backups are served to new peers on 3307 ([`serve`], [`replication`]).
+//!   coordinates, then backups are served to new peers on 3307 ([`serve`], [`replication`]);
+//!   on the primary, its binary logs are archived for point-in-time recovery ([`archiver`]);
+//! - `backup` and `list-backups` (a CronJob, a human): backups kept in object storage
+//!   ([`backup`], [`catalog`], [`store`]), restored by `clone --restore-from` ([`restore`]),
+//!   to a moment with `--restore-until` ([`pitr`]).
 //!
 //! # Layout
 //!
 //! Modules import only downwards, never back (`tests/layout.rs` checks it):
 //!
-//! - the modes: [`cli`] (flags into configs), [`init_config`], [`clone`] with [`survey`],
-//!   [`serve`] with [`http`] and [`monitor`];
+//! - the modes: [`cli`] (flags into configs), [`init_config`], [`clone`] with [`survey`] and
+//!   [`pitr`], [`serve`] with [`http`], [`monitor`] and [`archiver`], [`backup`];
 //! - what they speak: [`protocol`] (port 3307, over any byte stream), [`xbstream`] (a pure
 //!   decoder and its sinks), [`replication`], [`accounts`] and [`mysql`] (SQL per server
 //!   version, [`server_version`]), [`backup_tool`] and [`process`] (the child they run),
 //!   [`handoff`] and [`sockets`] (the client socket);
-//! - what they read: [`metadata`] and [`coordinates`] (the backup's own files),
+//! - what they keep: [`store`], [`catalog`] and [`manifest`] (backups), [`archive`] (binary
+//!   log timelines), [`packing`] (zstd, age), [`restore`];
+//! - what they read: [`metadata`] and [`coordinates`] (the backup's own files), [`binlog`]
+//!   (binary log files),
 //!   [`keyvalue`], [`pod`], [`secrets`];
 //! - plumbing: [`retry`], [`shutdown`], [`errors`], [`telemetry`], [`metrics`], [`progress`],
 //!   [`fsutil`], [`failpoint`].
 #![deny(unsafe_code)]
 
 pub mod accounts;
+pub mod archive;
+pub mod archiver;
 pub mod backup;
 pub mod backup_tool;
+pub mod binlog;
 pub mod catalog;
 pub mod cli;
 pub mod clone;
@@ -46,6 +56,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod mysql;
 pub mod packing;
+pub mod pitr;
 pub mod pod;
 pub mod process;
 pub mod progress;

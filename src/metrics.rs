@@ -91,6 +91,11 @@ pub struct Metrics {
     pub sql_thread_running: Gauge,
     pub mysql_up: Gauge,
     pub mysql_connection_errors: Counter,
+    pub binlog_archived_bytes: Counter,
+    pub binlog_archive_errors: Counter,
+    pub binlog_archived_file: Gauge,
+    pub binlog_archived_offset: Gauge,
+    pub binlog_archive_lag: FloatGauge,
 }
 
 impl Default for Metrics {
@@ -117,6 +122,11 @@ impl Metrics {
             sql_thread_running: Gauge::default(),
             mysql_up: Gauge::default(),
             mysql_connection_errors: Counter::default(),
+            binlog_archived_bytes: Counter::default(),
+            binlog_archive_errors: Counter::default(),
+            binlog_archived_file: Gauge::default(),
+            binlog_archived_offset: Gauge::default(),
+            binlog_archive_lag: FloatGauge::default(),
         };
         registry.register(
             "build",
@@ -187,7 +197,35 @@ impl Metrics {
             "Failed connections or queries to the local mysqld",
             m.mysql_connection_errors.clone(),
         );
+        registry.register_with_unit(
+            "binlog_archived",
+            "Bytes of binary logs copied into the archive (--archive-binlogs-to)",
+            Unit::Bytes,
+            m.binlog_archived_bytes.clone(),
+        );
+        registry.register(
+            "binlog_archive_errors",
+            "Archiving rounds that failed (the store or mysqld), each retried",
+            m.binlog_archive_errors.clone(),
+        );
+        registry.register(
+            "binlog_archived_file",
+            "The number of the binary log file archived last (the .NNNNNN of its name)",
+            m.binlog_archived_file.clone(),
+        );
+        registry.register(
+            "binlog_archived_position",
+            "How far into that file the archive reaches (bytes)",
+            m.binlog_archived_offset.clone(),
+        );
+        registry.register_with_unit(
+            "binlog_archive_lag",
+            "Seconds since everything the server had committed was last known archived (NaN before the first time)",
+            Unit::Seconds,
+            m.binlog_archive_lag.clone(),
+        );
         m.replication_lag.set(f64::NAN);
+        m.binlog_archive_lag.set(f64::NAN);
         // Every series exists from the start, at zero, so rate() and alerts see the first event.
         for result in [
             BackupResult::Completed,

@@ -67,10 +67,20 @@ pub struct Supervised {
 
 impl Supervised {
     /// Spawns `command` with stdin closed, stderr captured and stdout as the caller set it.
-    pub fn spawn(mut command: Command, name: &str) -> Result<Self> {
+    pub fn spawn(command: Command, name: &str) -> Result<Self> {
+        Self::start(command, name, Stdio::null())
+    }
+
+    /// Spawns `command` like [`Supervised::spawn`], with a pipe to its stdin
+    /// ([`Supervised::take_stdin`]).
+    pub fn spawn_with_stdin(command: Command, name: &str) -> Result<Self> {
+        Self::start(command, name, Stdio::piped())
+    }
+
+    fn start(mut command: Command, name: &str, stdin: Stdio) -> Result<Self> {
         command
             .process_group(0)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command
@@ -103,6 +113,21 @@ impl Supervised {
     /// The child's stdout, when the caller set it to a pipe: for the caller to read.
     pub fn take_stdout(&mut self) -> Option<tokio::process::ChildStdout> {
         self.child.stdout.take()
+    }
+
+    /// The child's stdin, when spawned with [`Supervised::spawn_with_stdin`].
+    pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// The exit status if the child has exited, without waiting.
+    pub fn try_status(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Asks the whole group to stop (SIGTERM); [`Supervised::wait`] reaps it.
+    pub fn terminate(&self) {
+        self.signal_group(Signal::SIGTERM);
     }
 
     pub fn pid(&self) -> Option<u32> {

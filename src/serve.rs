@@ -91,6 +91,8 @@ pub struct Config {
     /// A replica lagging more than this is not ready.
     pub max_replication_lag: Duration,
     pub progress_interval: Duration,
+    /// Where the primary archives its binary logs (`--archive-binlogs-to`).
+    pub archive: Option<crate::archiver::Config>,
 }
 
 /// What every connection handler shares.
@@ -180,6 +182,24 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         http::Limits::default(),
         serving.clone(),
     )));
+    let _archiver = match (&config.archive, config.pod.is_primary()) {
+        (Some(archive), true) => Some(AbortOnDropHandle::new(tokio::spawn(
+            crate::archiver::run(
+                archive.clone(),
+                config.mysql.clone(),
+                Arc::clone(&metrics),
+                serving.clone(),
+            )
+            .instrument(info_span!("archive", store = %archive.location)),
+        ))),
+        (Some(_), false) => {
+            info!(
+                "--archive-binlogs-to: the primary (ordinal 0) archives the binary logs; a replica does not"
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let server = Arc::new(Server {
         slots: Arc::new(Semaphore::new(config.max_backups)),
         config,

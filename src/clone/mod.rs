@@ -92,6 +92,10 @@ pub struct Restore {
     pub backup: Option<String>,
     /// The private keys for an encrypted backup.
     pub identities: Option<Arc<Identities>>,
+    /// Point-in-time recovery: replay the archived binary logs up to here (ordinal 0).
+    pub until: Option<crate::pitr::Target>,
+    /// `--mysqld-defaults-file` for the replay server.
+    pub replay: Option<PathBuf>,
 }
 
 /// No donor could serve for the whole `--donor-wait`: the one failure a restore from a
@@ -235,6 +239,17 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     } else {
         None
     };
+    if let (Some(recovery), Some(until)) = (
+        &recovery,
+        config.restore.as_ref().and_then(|r| r.until.as_ref()),
+    ) {
+        let donors: Vec<String> = recovery.donors.iter().map(ToString::to_string).collect();
+        bail!(
+            "--restore-until {until} rebuilds the whole cluster as of that moment, but replicas still hold data ({}): \
+             delete their volumes too (scale to 0, delete the claims, scale up), or remove --restore-until so ordinal 0 recovers from them",
+            donors.join(", ")
+        );
+    }
     let tool = BackupTool::locate(config.tool.as_deref())
         .await
         .map_err(crate::errors::usage)?;
@@ -248,15 +263,47 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
         data_dir,
         &format!("pod = {}\nstarted_at = {}\n", config.pod, now()),
     )?;
+    let mut replayed = None;
     let cloned = match (&recovery, &config.restore, planned) {
         // A primary that lost its volume: the most advanced replica's data.
         (Some(recovery), _, _) => recover_from_replicas(config, &tool, recovery, cancel).await,
         // Ordinal 0 with no replica: it rebuilds the cluster from the store.
-        (None, Some(restore), Some(planned)) => {
-            info!(store = %restore.location, backup = %planned.1.name, "ordinal 0 with an empty data dir and no replica: restoring from the backup store");
-            restore_from_store(config, &tool, restore, planned, cancel).await
+        (None, Some(restore), Some((store, manifest, pitr))) => {
+            info!(store = %restore.location, backup = %manifest.name, "ordinal 0 with an empty data dir and no replica: restoring from the backup store");
+            let restored =
+                restore_from_store(config, &tool, restore, (store.clone(), manifest), cancel).await;
+            match (restored, pitr) {
+                (Ok(cloned), Some((plan, replay))) => {
+                    let replaying = crate::pitr::replay(
+                        &plan,
+                        &store,
+                        restore.identities.as_deref(),
+                        &replay,
+                        data_dir,
+                        &data_dir.join(STAGING_DIR),
+                        cancel,
+                    )
+                    .instrument(info_span!("replay", until = %plan.target))
+                    .await
+                    .with_context(|| format!("replaying the archived binary logs up to {}", plan.target));
+                    replaying.map(|range| {
+                        replayed = Some((plan.target, range));
+                        cloned
+                    })
+                }
+                (restored, _) => restored,
+            }
         }
         (None, restore, _) => match from_peers(config, &config.donors, &tool, cancel).await {
+            Err(e)
+                if e.downcast_ref::<NoDonor>().is_some()
+                    && restore.as_ref().is_some_and(|r| r.until.is_some()) =>
+            {
+                Err(e.context(
+                    "with --restore-until a replica clones from the restored primary only, never from the store \
+                     (a backup there would not stand at the primary's point in time)",
+                ))
+            }
             Err(e) if e.downcast_ref::<NoDonor>().is_some() && restore.is_some() => {
                 let restore = restore.as_ref().expect("checked above");
                 warn!(
@@ -265,8 +312,8 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
                     "no peer could serve a clone; restoring from the backup store instead"
                 );
                 match plan_restore(restore, &tool).await {
-                    Ok(planned) => {
-                        restore_from_store(config, &tool, restore, planned, cancel).await
+                    Ok((store, manifest, _)) => {
+                        restore_from_store(config, &tool, restore, (store, manifest), cancel).await
                     }
                     Err(plan) => Err(plan.context(report(&e))),
                 }
@@ -278,6 +325,7 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
         Ok(cloned) => cloned,
         Err(e) => {
             let _ = blocking(datadir::discard_staging, data_dir).await;
+            let _ = crate::fsutil::remove_all(&data_dir.join(crate::pitr::BINLOG_DIR));
             return Err(e.context(format!("cloning into {}", data_dir.display())));
         }
     };
@@ -289,6 +337,13 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
         cloned.files,
         cloned.coordinates
     );
+    if let Some((target, range)) = &replayed {
+        record.push_str(&format!(
+            "restored_until = {target}\nreplayed_transactions = {}\nlast_replayed_gtid = {}\n",
+            range.transactions,
+            range.last_gtid.map_or("none".into(), |g| g.to_string())
+        ));
+    }
     if let Some(recovery) = &recovery {
         let continued =
             continue_binlog_history(data_dir, &recovery.source_log_file, &cloned.coordinates)?;
@@ -489,15 +544,53 @@ async fn from_peers(
     Ok(cloned.1)
 }
 
+/// A point-in-time recovery's plan and how its replay runs.
+type PitrPlan = Option<(crate::pitr::Plan, crate::pitr::Replay)>;
+
 /// The backup to restore: the store opened, the backup chosen (named, or the newest complete
-/// one), the local tool matched to its server, and its key checked.
-async fn plan_restore(restore: &Restore, tool: &BackupTool) -> Result<(Store, Manifest)> {
+/// one, or for `--restore-until` the newest before the target, with the archived binary logs
+/// that reach it), the local tool matched to its server, and its key checked.
+async fn plan_restore(restore: &Restore, tool: &BackupTool) -> Result<(Store, Manifest, PitrPlan)> {
     let store = Store::open(&restore.location, &restore.s3, false).map_err(crate::errors::usage)?;
-    let manifest = catalog::choose(&store, restore.backup.as_deref()).await?;
+    let (manifest, pitr) = match &restore.until {
+        None => (
+            catalog::choose(&store, restore.backup.as_deref()).await?,
+            None,
+        ),
+        Some(target) => {
+            let programs = crate::pitr::Programs::locate()?;
+            let mut timelines = Vec::new();
+            for name in crate::archive::timelines(&store).await? {
+                timelines.push(crate::archive::load(&store, &name).await?);
+            }
+            let backups = catalog::list(&store).await?.complete;
+            let plan = crate::pitr::plan(target, &timelines, &backups).with_context(|| {
+                format!("planning the restore of {} to {target}", store.location)
+            })?;
+            if plan.timeline.info.recipients.is_some() && restore.identities.is_none() {
+                bail!(
+                    "the binary log archive (timeline {}) is encrypted (age): pass --age-identity-file with its private key",
+                    plan.timeline.info.name
+                );
+            }
+            info!(
+                backup = %plan.backup.name,
+                timeline = %plan.timeline.info.name,
+                files = plan.timeline.files.len() - plan.first_file,
+                "point-in-time recovery to {target}: this backup, then the archived binary logs"
+            );
+            let manifest = plan.backup.clone();
+            let replay = crate::pitr::Replay {
+                programs,
+                defaults_file: restore.replay.clone(),
+            };
+            (manifest, Some((plan, replay)))
+        }
+    };
     let server = ServerVersion::parse(&manifest.server.version)?;
     backup_tool::check_compatible(tool, &server).context("the backup cannot be prepared here")?;
     restore::check_identities(&store, &manifest, restore.identities.as_deref()).await?;
-    Ok((store, manifest))
+    Ok((store, manifest, pitr))
 }
 
 /// A clone from the backup store, retried like a donor's transfer when the store fails on

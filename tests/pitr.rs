@@ -1,0 +1,435 @@
+//! Point-in-time recovery on real MariaDB pods and a real S3 server (Garage, built by
+//! scripts/setup-s3.sh), through the real binary: the primary's `serve-backup
+//! --archive-binlogs-to` archives its binary logs, `backup` takes a backup as the CronJob
+//! does, and a new cluster's mysql-0 runs `clone --restore-from --restore-until` in its init
+//! container.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, SystemTime};
+
+use common::{AGENT, read, spec};
+use mysql_agent::archive;
+use mysql_agent::store::Store;
+use mysql_agent_harness::s3::S3Server;
+use mysql_agent_harness::{Cluster, Pod};
+use tokio::process::Command;
+
+const CATCH_UP: Duration = Duration::from_secs(90);
+/// The archiver's interval in these tests: the open file's bytes go every 2 s.
+const INTERVAL: &str = "2s";
+
+async fn garage(name: &str, subnet: u8) -> S3Server {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("s3").join(name);
+    S3Server::garage(
+        &dir,
+        std::net::Ipv4Addr::new(127, 0, subnet, 250),
+        "backups",
+        Path::new(AGENT),
+    )
+    .await
+    .unwrap()
+}
+
+async fn agent(s3: &S3Server, args: &[&str]) -> Output {
+    Command::new(AGENT)
+        .args(args)
+        .envs(s3.env())
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A cluster whose mysql-0 archives its binary logs to `url`, with one replica.
+async fn archiving_cluster(service: &str, subnet: u8, s3: &S3Server, url: &str) -> Cluster {
+    let mut cluster = Cluster::create(spec(service, subnet)).await.unwrap();
+    let n = cluster.new_pod().unwrap();
+    let pod = cluster.pod_mut(n);
+    pod.agent_env.extend(s3.env());
+    pod.init_config().await.unwrap();
+    pod.clone_data(&[]).await.unwrap();
+    pod.start_mysqld().await.unwrap();
+    start_archiver(pod, url).await;
+    cluster.scale_to(2).await.unwrap();
+    cluster
+        .primary()
+        .exec(
+            "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, item VARCHAR(40))",
+        )
+        .await
+        .unwrap();
+    cluster
+}
+
+async fn start_archiver(pod: &mut Pod, url: &str) {
+    pod.start_sidecar(&[
+        "--archive-binlogs-to",
+        url,
+        "--binlog-archive-interval",
+        INTERVAL,
+    ])
+    .await
+    .unwrap();
+}
+
+/// Inserts rows `from..=to`, one transaction each.
+async fn insert(pod: &Pod, from: u32, to: u32) {
+    for id in from..=to {
+        pod.exec(&format!(
+            "INSERT INTO shop.orders VALUES ({id}, 'item {id}')"
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+async fn ids(pod: &Pod) -> Vec<u32> {
+    pod.query_rows::<u32>("SELECT id FROM shop.orders ORDER BY id")
+        .await
+        .unwrap()
+}
+
+/// Waits for the next whole second and returns the one before it as an RFC 3339 target: every
+/// transaction committed so far is stamped at or before it, every later one after it.
+async fn target_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let second = now.as_secs();
+    let next = Duration::from_secs(second + 1) - now + Duration::from_millis(50);
+    tokio::time::sleep(next).await;
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(second))
+        .to_string()
+}
+
+fn store(s3: &S3Server, url: &str) -> Store {
+    Store::open(&url.parse().unwrap(), &s3.settings(), false).unwrap()
+}
+
+/// Waits until the archive's latest timeline is known complete past `target`.
+async fn wait_archived(s3: &S3Server, url: &str, target: &str) -> archive::Timeline {
+    let store = store(s3, url);
+    let wanted = humantime::parse_rfc3339(target).unwrap() + Duration::from_secs(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(name) = archive::timelines(&store).await.unwrap().last() {
+            let timeline = archive::load(&store, name).await.unwrap();
+            if let Some(p) = &timeline.progress
+                && humantime::parse_rfc3339_weak(&p.checked_at).unwrap() >= wanted
+            {
+                return timeline;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive never reached {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn backup(s3: &S3Server, cluster: &Cluster, url: &str) {
+    let donors = format!(
+        "{},{}",
+        cluster.pod(1).backup_addr(),
+        cluster.primary().backup_addr()
+    );
+    let out = agent(s3, &["backup", "--to", url, "--donor", &donors]).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A new cluster's mysql-0 through its init containers with the restore flags; returns the
+/// cluster and whether the clone succeeded (with its log).
+async fn restore_primary(
+    service: &str,
+    subnet: u8,
+    s3: &S3Server,
+    url: &str,
+    until: &str,
+) -> (Cluster, Result<(), String>) {
+    let mut cluster = Cluster::create(spec(service, subnet)).await.unwrap();
+    let n = cluster.new_pod().unwrap();
+    let pod = cluster.pod_mut(n);
+    pod.agent_env.extend(s3.env());
+    pod.init_config().await.unwrap();
+    let defaults = pod.defaults_file().display().to_string();
+    let cloned = pod
+        .clone_data(&[
+            "--restore-from",
+            url,
+            "--restore-until",
+            until,
+            "--mysqld-defaults-file",
+            &defaults,
+            "--peer-wait",
+            "1s",
+        ])
+        .await
+        .map_err(|e| format!("{e:#}"));
+    (cluster, cloned)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_primary_holds_exactly_the_writes_before_the_target() {
+    let s3 = garage("pitr1", 81).await;
+    let url = s3.url("prod");
+    let source = archiving_cluster("pt1a", 81, &s3, &url).await;
+    let primary = source.primary();
+    insert(primary, 1, 20).await;
+    primary.exec("FLUSH BINARY LOGS").await.unwrap();
+    source
+        .wait_replicated("shop.orders", 20, CATCH_UP)
+        .await
+        .unwrap();
+    backup(&s3, &source, &url).await;
+    // After the backup, in a file of their own and the next: the writes to recover.
+    insert(primary, 21, 40).await;
+    primary.exec("FLUSH BINARY LOGS").await.unwrap();
+    insert(primary, 41, 60).await;
+    let gtid_at_target: String = primary
+        .query_rows::<String>("SELECT @@gtid_binlog_pos")
+        .await
+        .unwrap()
+        .remove(0);
+    let target = target_now().await;
+    // The mistake after the target, and more writes.
+    primary
+        .exec("DELETE FROM shop.orders WHERE id <= 50")
+        .await
+        .unwrap();
+    insert(primary, 61, 70).await;
+    let timeline = wait_archived(&s3, &url, &target).await;
+    assert!(timeline.files.len() >= 3, "{:?}", timeline.files);
+    // The sidecar reports the archive in /metrics.
+    let (_, metrics) = common::http_get(&primary.http_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("mysql_agent_binlog_archived_bytes_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mysql_agent_binlog_archive_lag_seconds"),
+        "{metrics}"
+    );
+    source.stop().await.unwrap();
+
+    // Every volume gone: mysql-0 restored to the target, a replica cloned from it.
+    let (mut rebuilt, cloned) = restore_primary("pt1b", 82, &s3, &url, &target).await;
+    let log = read(&rebuilt.pod(0).log("clone"));
+    cloned.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert!(log.contains("point-in-time recovery"), "{log}");
+    assert!(log.contains("transactions=40"), "{log}");
+    let pod = rebuilt.pod_mut(0);
+    pod.start_mysqld().await.unwrap();
+    pod.start_sidecar(&[]).await.unwrap();
+    assert_eq!(ids(rebuilt.primary()).await, (1..=60).collect::<Vec<_>>());
+    // The restored primary's history goes on from the replayed one.
+    let state: String = rebuilt
+        .primary()
+        .query_rows::<String>("SELECT @@gtid_binlog_pos")
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(state, gtid_at_target);
+    rebuilt.scale_to(2).await.unwrap();
+    insert(rebuilt.primary(), 100, 100).await;
+    rebuilt
+        .wait_replicated("shop.orders", 61, CATCH_UP)
+        .await
+        .unwrap();
+    rebuilt.stop().await.unwrap();
+
+    // A GTID target: through that transaction.
+    let last: mysql_agent::binlog::Gtid = gtid_at_target.parse().unwrap();
+    let through = mysql_agent::binlog::Gtid {
+        seq: last.seq - 5,
+        ..last
+    }
+    .to_string();
+    let (mut by_gtid, cloned) = restore_primary("pt1c", 83, &s3, &url, &through).await;
+    let log = read(&by_gtid.pod(0).log("clone"));
+    cloned.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    by_gtid.pod_mut(0).start_mysqld().await.unwrap();
+    assert_eq!(ids(by_gtid.primary()).await, (1..=55).collect::<Vec<_>>());
+    by_gtid.stop().await.unwrap();
+    s3.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_archiver_resumes_with_no_gap() {
+    let s3 = garage("pitr2", 84).await;
+    let url = s3.url("prod");
+    let mut source = archiving_cluster("pt2a", 84, &s3, &url).await;
+    insert(source.primary(), 1, 10).await;
+    source
+        .wait_replicated("shop.orders", 10, CATCH_UP)
+        .await
+        .unwrap();
+    backup(&s3, &source, &url).await;
+    let before = wait_archived(&s3, &url, &target_now().await).await;
+    // Writes going on while the sidecar is killed, across a file rotation, then it restarts.
+    let writer = {
+        let pod_conn = source.primary().conn().await.unwrap();
+        tokio::spawn(async move {
+            use mysql_async::prelude::Queryable;
+            let mut conn = pod_conn;
+            for id in 11..=400u32 {
+                conn.query_drop(format!("INSERT INTO shop.orders VALUES ({id}, 'x')"))
+                    .await
+                    .unwrap();
+                if id == 200 {
+                    conn.query_drop("FLUSH BINARY LOGS").await.unwrap();
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    source.pod_mut(0).kill_sidecar().await.unwrap();
+    writer.await.unwrap();
+    let target = target_now().await;
+    start_archiver(source.pod_mut(0), &url).await;
+    let after = wait_archived(&s3, &url, &target).await;
+    // The same timeline, continued; every file whole.
+    assert_eq!(after.info.name, before.info.name);
+    assert_eq!(
+        archive::timelines(&store(&s3, &url)).await.unwrap().len(),
+        1
+    );
+    archive::check_continuous(&after, 0).unwrap();
+    let log = read(&source.primary().log("serve-backup"));
+    assert!(
+        log.contains("the archive goes on where it stopped"),
+        "{log}"
+    );
+    source.stop().await.unwrap();
+
+    let (mut rebuilt, cloned) = restore_primary("pt2b", 85, &s3, &url, &target).await;
+    let log = read(&rebuilt.pod(0).log("clone"));
+    cloned.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    rebuilt.pod_mut(0).start_mysqld().await.unwrap();
+    assert_eq!(ids(rebuilt.primary()).await, (1..=400).collect::<Vec<_>>());
+    rebuilt.stop().await.unwrap();
+    s3.stop().await.unwrap();
+}
+
+/// `PURGE BINARY LOGS TO` the open file `current`, until only it is left: MariaDB keeps a
+/// file a replica is still reading.
+async fn purge_to(pod: &Pod, current: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        pod.exec(&format!("PURGE BINARY LOGS TO '{current}'"))
+            .await
+            .unwrap();
+        let logs = pod
+            .query_rows::<(String, u64)>("SHOW BINARY LOGS")
+            .await
+            .unwrap();
+        if logs.len() == 1 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server keeps {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_starts_a_new_timeline_and_no_restore_crosses_it() {
+    let s3 = garage("pitr3", 86).await;
+    let url = s3.url("prod");
+    let mut source = archiving_cluster("pt3a", 86, &s3, &url).await;
+    insert(source.primary(), 1, 10).await;
+    source
+        .wait_replicated("shop.orders", 10, CATCH_UP)
+        .await
+        .unwrap();
+    backup(&s3, &source, &url).await;
+    let before_gap = target_now().await;
+    wait_archived(&s3, &url, &before_gap).await;
+    // The archiver is away while the server writes and purges what it never archived.
+    source.pod_mut(0).stop_sidecar().await.unwrap();
+    let primary = source.primary();
+    insert(primary, 11, 20).await;
+    let in_gap = target_now().await;
+    primary
+        .exec("FLUSH BINARY LOGS; FLUSH BINARY LOGS")
+        .await
+        .unwrap();
+    source
+        .wait_replicated("shop.orders", 20, CATCH_UP)
+        .await
+        .unwrap();
+    let current: String = primary
+        .query_rows::<(String, u64, String, String)>("SHOW MASTER STATUS")
+        .await
+        .unwrap()
+        .remove(0)
+        .0;
+    purge_to(primary, &current).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    start_archiver(source.pod_mut(0), &url).await;
+    insert(source.primary(), 21, 30).await;
+    let after_gap = target_now().await;
+    let timeline = wait_archived(&s3, &url, &after_gap).await;
+    assert!(
+        timeline.info.reason.contains("a gap"),
+        "{:?}",
+        timeline.info
+    );
+    assert_eq!(
+        archive::timelines(&store(&s3, &url)).await.unwrap().len(),
+        2
+    );
+    let log = read(&source.primary().log("serve-backup"));
+    assert!(log.contains("a new timeline begins"), "{log}");
+
+    // A target in the gap, and one after it with only the older backup: refused up front,
+    // saying where the gap is, with nothing written.
+    for (service, subnet, until, needle) in [
+        ("pt3b", 87, in_gap.as_str(), "falls in a gap"),
+        ("pt3c", 88, after_gap.as_str(), "would cross"),
+    ] {
+        let (cluster, cloned) = restore_primary(service, subnet, &s3, &url, until).await;
+        let err = cloned.expect_err("a restore crossed a gap");
+        let log = read(&cluster.pod(0).log("clone"));
+        assert!(log.contains(needle), "{until}: {log}");
+        assert!(log.contains(&current) || needle == "would cross", "{log}");
+        assert!(
+            std::fs::read_dir(cluster.pod(0).data_dir())
+                .unwrap()
+                .next()
+                .is_none(),
+            "{err}: the data dir was written to"
+        );
+        cluster.stop().await.unwrap();
+    }
+    // Before the gap the old timeline still restores; after it, a backup of the new one does.
+    let (mut old, cloned) = restore_primary("pt3d", 89, &s3, &url, &before_gap).await;
+    cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&old.pod(0).log("clone"))));
+    old.pod_mut(0).start_mysqld().await.unwrap();
+    assert_eq!(ids(old.primary()).await, (1..=10).collect::<Vec<_>>());
+    old.stop().await.unwrap();
+    backup(&s3, &source, &url).await;
+    insert(source.primary(), 31, 40).await;
+    let later = target_now().await;
+    wait_archived(&s3, &url, &later).await;
+    source.stop().await.unwrap();
+    let (mut new, cloned) = restore_primary("pt3e", 90, &s3, &url, &later).await;
+    cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&new.pod(0).log("clone"))));
+    new.pod_mut(0).start_mysqld().await.unwrap();
+    assert_eq!(ids(new.primary()).await, (1..=40).collect::<Vec<_>>());
+    new.stop().await.unwrap();
+    s3.stop().await.unwrap();
+}
