@@ -532,6 +532,52 @@ fn bad_input_is_refused_before_any_work() {
         &["--age-identity-file", "missing"],
         &data,
     );
+    // Point-in-time recovery's flags.
+    refused(
+        &clone(&["--restore-from", "s3://backups/x", "--restore-until", "yesterday"]),
+        &["--restore-until", "yesterday", "RFC 3339"],
+        &data,
+    );
+    refused(
+        &clone(&["--restore-until", "2026-12-02T14:02:00Z"]),
+        &["--restore-from"],
+        &data,
+    );
+    refused(
+        &args(
+            &[
+                "clone",
+                "--pod-name",
+                "mysql-0",
+                "--data-dir",
+                &data_s,
+                "--restore-from",
+                "s3://backups/x",
+                "--restore-until",
+                "0-100-57",
+            ],
+            &["--mysqld-defaults-file", &path("missing")],
+        ),
+        &["--mysqld-defaults-file", "missing"],
+        &data,
+    );
+    refused(
+        &sidecar(&["--data-dir", &data_s, "--archive-binlogs-to", "gs://bucket/x"]),
+        &["--archive-binlogs-to", "gs://bucket/x"],
+        &data,
+    );
+    refused(
+        &sidecar(&[
+            "--data-dir",
+            &data_s,
+            "--archive-binlogs-to",
+            "s3://backups/x",
+            "--age-recipient-file",
+            &path("a-file"),
+        ]),
+        &["--age-recipient-file", "a-file", "age1"],
+        &data,
+    );
 }
 
 /// An error chain reads once: the driver's "Input/output error: Input/output error: …" is

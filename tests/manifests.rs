@@ -168,6 +168,25 @@ fn every_overlay_matches_the_binary() {
                 &list(&job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"])[0];
             assert_eq!(tls_dir(backup).as_deref(), Some(dir.as_str()), "{name}");
             assert!(mounts(backup).contains(&dir), "{name}");
+            // Point-in-time recovery: the primary archives into the CronJob's store.
+            let value = |c: &Yaml, var: &str| -> Option<String> {
+                list(&c["env"])
+                    .iter()
+                    .find(|e| e["name"].as_str() == Some(var))
+                    .and_then(|e| e["value"].as_str().map(str::to_owned))
+            };
+            if name.ends_with("-pitr") {
+                assert_eq!(
+                    value(sidecar, "MYSQL_AGENT_ARCHIVE_BINLOGS_TO"),
+                    value(backup, "MYSQL_AGENT_BACKUP_TO"),
+                    "{name}"
+                );
+                assert_eq!(
+                    value(sidecar, "MYSQL_AGENT_AGE_RECIPIENT_FILE"),
+                    value(backup, "MYSQL_AGENT_AGE_RECIPIENT_FILE"),
+                    "{name}"
+                );
+            }
         }
 
         // Ports and probes match what the agent listens on and serves.
