@@ -344,10 +344,19 @@ fn timeline_path(timeline: &str, name: &str) -> String {
     format!("{ARCHIVE_DIR}/{timeline}/{name}")
 }
 
+/// The largest JSON record read from the store: they are a few hundred bytes.
+const MAX_JSON_BYTES: u64 = 1 << 20;
+
 async fn get_json<T: for<'de> Deserialize<'de>>(store: &Store, name: &str) -> Result<Option<T>> {
     let path = store.path(name);
     match store.objects().get(&path).await {
         Ok(got) => {
+            ensure!(
+                got.meta.size <= MAX_JSON_BYTES,
+                "{path} in {} holds {} bytes, not a record of this agent",
+                store.location,
+                got.meta.size
+            );
             let bytes = got
                 .bytes()
                 .await

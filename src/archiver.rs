@@ -75,7 +75,6 @@ pub async fn run(
         cursor: None,
         dir: None,
         last_open_upload: None,
-        last_checked: None,
         progress_written: None,
         last_progress_write: None,
     };
@@ -104,7 +103,6 @@ pub async fn run(
                 backoff.next_delay()
             }
         };
-        archiver.publish_lag();
         if crate::retry::sleep(delay, &cancel).await.is_err() {
             return;
         }
@@ -119,8 +117,6 @@ struct Archiver {
     /// Where the server keeps its binary logs.
     dir: Option<PathBuf>,
     last_open_upload: Option<Instant>,
-    /// When everything committed was last known archived.
-    last_checked: Option<SystemTime>,
     /// What progress.json says, and when it was written: it is rewritten when the archive
     /// moved, or every interval as a heartbeat (the restore trusts targets up to it).
     progress_written: Option<(String, u64)>,
@@ -132,7 +128,9 @@ impl Archiver {
         let dir = match &self.dir {
             Some(dir) => dir.clone(),
             None => {
-                let dir = log_dir(conn).await?;
+                let dir = tokio::time::timeout(QUERY_TIMEOUT, log_dir(conn))
+                    .await
+                    .map_err(|_| anyhow!("mysqld did not answer within {QUERY_TIMEOUT:?}"))??;
                 self.dir = Some(dir.clone());
                 dir
             }
@@ -213,7 +211,7 @@ impl Archiver {
             .last_progress_write
             .is_none_or(|at| at.elapsed() >= self.config.interval);
         if !moved && !heartbeat_due {
-            self.last_checked = Some(checked_at);
+            self.metrics.binlog_archive_checked(checked_at);
             self.cursor = Some(cursor);
             return Ok(());
         }
@@ -229,7 +227,7 @@ impl Archiver {
         .await?;
         self.progress_written = Some((cursor.file.clone(), cursor.offset));
         self.last_progress_write = Some(Instant::now());
-        self.last_checked = Some(checked_at);
+        self.metrics.binlog_archive_checked(checked_at);
         self.metrics
             .binlog_archived_offset
             .set(cursor.offset as i64);
@@ -366,17 +364,6 @@ impl Archiver {
         }
         Ok(())
     }
-
-    /// Seconds since everything committed was last known archived.
-    fn publish_lag(&self) {
-        let lag = self.last_checked.map_or(f64::NAN, |at| {
-            SystemTime::now()
-                .duration_since(at)
-                .unwrap_or_default()
-                .as_secs_f64()
-        });
-        self.metrics.binlog_archive_lag.set(lag);
-    }
 }
 
 /// Where the server writes its binary logs: the directory of `@@log_bin_basename`.
@@ -396,8 +383,29 @@ async fn log_dir(conn: &mut Conn) -> Result<PathBuf> {
     }
 }
 
-/// The server's binary logs (`SHOW BINARY LOGS`) and the open one with its committed size.
+/// How long one statement to mysqld may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server's binary logs and the open one with its committed size, read in that order so
+/// the open one is always listed: a rotation in between is read again.
 async fn server_logs(conn: &mut Conn) -> Result<(Vec<ServerLog>, ServerLog)> {
+    let mut tries = 0;
+    loop {
+        let read = tokio::time::timeout(QUERY_TIMEOUT, read_server_logs(conn))
+            .await
+            .map_err(|_| {
+                anyhow!("mysqld did not list its binary logs within {QUERY_TIMEOUT:?}")
+            })??;
+        match read {
+            Some(logs) => return Ok(logs),
+            None if tries < 3 => tries += 1,
+            None => bail!("the server's open binary log is never in SHOW BINARY LOGS"),
+        }
+    }
+}
+
+/// `SHOW BINARY LOGS`, then `SHOW MASTER STATUS`; `None` when a rotation came in between.
+async fn read_server_logs(conn: &mut Conn) -> Result<Option<(Vec<ServerLog>, ServerLog)>> {
     let rows: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
@@ -426,12 +434,9 @@ async fn server_logs(conn: &mut Conn) -> Result<(Vec<ServerLog>, ServerLog)> {
             .context("SHOW MASTER STATUS: a position that is not a number")?,
     };
     if !logs.iter().any(|l| l.name == current.name) {
-        bail!(
-            "the server's open binary log {} is not in SHOW BINARY LOGS",
-            current.name
-        );
+        return Ok(None);
     }
-    Ok((logs, current))
+    Ok(Some((logs, current)))
 }
 
 /// A file's identity, read from its first events.

@@ -96,6 +96,9 @@ pub struct Metrics {
     pub binlog_archived_file: Gauge,
     pub binlog_archived_offset: Gauge,
     pub binlog_archive_lag: FloatGauge,
+    /// When everything committed was last known archived (Unix seconds; 0 before): the lag
+    /// is computed from it at each scrape, so an archiver that hangs shows a growing lag.
+    binlog_archive_checked: FloatGauge,
 }
 
 impl Default for Metrics {
@@ -127,6 +130,7 @@ impl Metrics {
             binlog_archived_file: Gauge::default(),
             binlog_archived_offset: Gauge::default(),
             binlog_archive_lag: FloatGauge::default(),
+            binlog_archive_checked: FloatGauge::default(),
         };
         registry.register(
             "build",
@@ -225,6 +229,12 @@ impl Metrics {
             m.binlog_archive_lag.clone(),
         );
         m.replication_lag.set(f64::NAN);
+        registry.register_with_unit(
+            "binlog_archive_checked_timestamp",
+            "When everything the server had committed was last known archived (Unix time; 0 before the first time)",
+            Unit::Seconds,
+            m.binlog_archive_checked.clone(),
+        );
         m.binlog_archive_lag.set(f64::NAN);
         // Every series exists from the start, at zero, so rate() and alerts see the first event.
         for result in [
@@ -279,7 +289,24 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (OpenMetrics flavour).
+    /// The archive was complete as of `at`.
+    pub fn binlog_archive_checked(&self, at: SystemTime) {
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.binlog_archive_checked.set(secs);
+    }
+
     pub fn encode(&self) -> String {
+        let checked = self.binlog_archive_checked.get();
+        if checked > 0.0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.binlog_archive_lag.set((now - checked).max(0.0));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -336,5 +363,22 @@ mod tests {
         assert!(text.contains("mysql_agent_replication_io_thread_running 1"));
         assert!(text.contains("mysql_agent_replication_sql_thread_running 0"));
         assert!(text.contains("mysql_agent_mysql_up 1"));
+    }
+
+    /// The archive's lag grows between the archiver's rounds, as a scrape sees it: a stuck
+    /// archiver is not reported as current.
+    #[test]
+    fn the_archive_lag_is_computed_at_each_scrape() {
+        let m = Metrics::new();
+        assert!(m.encode().contains("mysql_agent_binlog_archive_lag_seconds NaN"));
+        m.binlog_archive_checked(SystemTime::now() - Duration::from_secs(90));
+        let text = m.encode();
+        let lag: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("mysql_agent_binlog_archive_lag_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((90.0..100.0).contains(&lag), "{text}");
     }
 }

@@ -37,6 +37,9 @@ pub const BINLOG_DIR: &str = ".mysql-agent-binlogs";
 pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long it may take to shut down cleanly.
 pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the replay itself may take: long, since a replayed statement may run for as long
+/// as it ran on the primary (an ALTER TABLE), but not forever.
+pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// What to restore to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -765,8 +768,18 @@ async fn pipe_binlogs(
             let _ = client.kill().await;
             bail!(crate::errors::Interrupted);
         }
+        () = tokio::time::sleep(REPLAY_TIMEOUT) => {
+            let _ = decoder.kill().await;
+            let _ = client.kill().await;
+            bail!("the replay did not finish within {}", humantime::format_duration(REPLAY_TIMEOUT));
+        }
     };
-    let decoded = decoder.wait().await?;
+    // A client that stopped (a statement failed) no longer reads: the decoder is stopped
+    // with its group, not left to notice the closed pipe.
+    let decoded = match &copied {
+        Ok(()) => decoder.wait().await?,
+        Err(_) => decoder.kill().await?,
+    };
     let applied = client.wait().await?;
     ensure!(
         applied.status.success(),
@@ -774,13 +787,13 @@ async fn pipe_binlogs(
         replay.programs.client.display(),
         applied.describe()
     );
+    copied.context("feeding the binary logs to the client")?;
     ensure!(
         decoded.status.success(),
         "{} {}",
         replay.programs.binlog.display(),
         decoded.describe()
     );
-    copied.context("feeding the binary logs to the client")?;
     Ok(())
 }
 
@@ -856,6 +869,56 @@ mod tests {
             s.file(1, "b.000002", &b[..])?;
         }
         s.finish()
+    }
+
+    /// A client that fails mid-stream ends the replay with its own error, while the decoder
+    /// still writes: nothing is left waiting.
+    #[tokio::test]
+    async fn a_failing_client_ends_the_replay() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let client = dir.path().join("client");
+        std::fs::write(
+            &client,
+            "#!/bin/sh\nhead -c 100000 >/dev/null\necho 'ERROR 1062 (23000) at line 9: Duplicate entry' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let replay = Replay {
+            programs: Programs {
+                server: "/nonexistent".into(),
+                // An endless decoder.
+                binlog: which::which("yes").unwrap(),
+                client,
+            },
+            defaults_file: None,
+        };
+        let range = Range {
+            start: (0, 4),
+            stop: (0, 100),
+            transactions: 1,
+            last_gtid: None,
+            last_time: None,
+        };
+        let cancel = CancellationToken::new();
+        let err = tokio::time::timeout(
+            Duration::from_secs(60),
+            pipe_binlogs(
+                &replay,
+                &[],
+                &range,
+                Path::new("/nonexistent.sock"),
+                &cancel,
+            ),
+        )
+        .await
+        .expect("the replay hung")
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("Duplicate entry") && msg.contains("status 1"),
+            "{msg}"
+        );
     }
 
     #[test]

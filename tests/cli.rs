@@ -534,7 +534,12 @@ fn bad_input_is_refused_before_any_work() {
     );
     // Point-in-time recovery's flags.
     refused(
-        &clone(&["--restore-from", "s3://backups/x", "--restore-until", "yesterday"]),
+        &clone(&[
+            "--restore-from",
+            "s3://backups/x",
+            "--restore-until",
+            "yesterday",
+        ]),
         &["--restore-until", "yesterday", "RFC 3339"],
         &data,
     );
@@ -562,7 +567,12 @@ fn bad_input_is_refused_before_any_work() {
         &data,
     );
     refused(
-        &sidecar(&["--data-dir", &data_s, "--archive-binlogs-to", "gs://bucket/x"]),
+        &sidecar(&[
+            "--data-dir",
+            &data_s,
+            "--archive-binlogs-to",
+            "gs://bucket/x",
+        ]),
         &["--archive-binlogs-to", "gs://bucket/x"],
         &data,
     );

@@ -79,6 +79,13 @@ struct Args {
     /// The backups' zstd level (the agent's default unless given)
     #[arg(long, allow_negative_numbers = true)]
     compression_level: Option<i32>,
+    /// Measure the binary log archive's lag under this long a sysbench write load (a sidecar
+    /// with --archive-binlogs-to into Garage); 0 skips it
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    archive_load: Duration,
+    /// That sidecar's --binlog-archive-interval
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    archive_interval: Duration,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -270,7 +277,27 @@ struct Samples {
     serve: Vec<f64>,
     serve_bytes: Vec<u64>,
     direct: Vec<f64>,
+    archive: Option<ArchiveLag>,
 }
+
+/// The binary log archive under a write load.
+struct ArchiveLag {
+    load: Duration,
+    interval: Duration,
+    /// Binary log bytes the server wrote during the load, and what the archiver stored.
+    written: u64,
+    archived: u64,
+    /// The sidecar's lag metric, sampled every [`LAG_SAMPLE`].
+    lags: Vec<f64>,
+    /// From the load's end until the archive held everything.
+    drained: f64,
+    peak_rss_kib: u64,
+}
+
+/// Where the archiving sidecar listens on the primary.
+const ARCHIVE_PORT: u16 = 3311;
+const ARCHIVE_HTTP_PORT: u16 = 8083;
+const LAG_SAMPLE: Duration = Duration::from_millis(250);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -496,6 +523,12 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
             println!("   run {} {variant:?}: {:.2?}", run + 1, t.elapsed());
         }
     }
+    if let Some((server, _)) = &s3
+        && !args.archive_load.is_zero()
+    {
+        samples.archive =
+            Some(archive_lag(primary, server, &cluster.spec().agent, &root, args).await?);
+    }
     let server_rss_kib = peak_rss_kib(primary.sidecar_pid().context("no sidecar")?)?;
     samples.tls_server_rss_kib = peak_rss_kib(tls_sidecar.0.id())?;
     drop(tls_sidecar);
@@ -564,6 +597,17 @@ impl ComparedSidecar {
         (port, http_port): (u16, u16),
         extra: &[&std::ffi::OsStr],
     ) -> Result<Self> {
+        Self::start_with(primary, agent, log_path, (port, http_port), extra, &[])
+    }
+
+    fn start_with(
+        primary: &Pod,
+        agent: &Path,
+        log_path: &Path,
+        (port, http_port): (u16, u16),
+        extra: &[&std::ffi::OsStr],
+        envs: &[(String, String)],
+    ) -> Result<Self> {
         let log = std::fs::File::create(log_path)?;
         let child = Command::new(agent)
             .args([
@@ -582,6 +626,7 @@ impl ComparedSidecar {
             .arg("--mysql-host")
             .arg(primary.addr.to_string())
             .args(extra)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -609,6 +654,114 @@ impl Drop for ComparedSidecar {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.0.wait();
     }
+}
+
+/// A sidecar archiving the primary's binary logs into `server` while sysbench writes for
+/// `args.archive_load`: its lag metric sampled throughout, then the time until it holds
+/// everything written.
+async fn archive_lag(
+    primary: &Pod,
+    server: &S3Server,
+    agent: &Path,
+    root: &Path,
+    args: &Args,
+) -> Result<ArchiveLag> {
+    let url = server.url("binlog-bench");
+    let interval = humantime::format_duration(args.archive_interval).to_string();
+    let sidecar = ComparedSidecar::start_with(
+        primary,
+        agent,
+        &root.join("archive-sidecar.log"),
+        (ARCHIVE_PORT, ARCHIVE_HTTP_PORT),
+        &[
+            "--archive-binlogs-to".as_ref(),
+            url.as_ref(),
+            "--binlog-archive-interval".as_ref(),
+            interval.as_ref(),
+        ],
+        &server.env(),
+    )?;
+    let metrics = format!("{}:{ARCHIVE_HTTP_PORT}", primary.addr);
+    let metric = |name: &str| -> Result<f64> {
+        let text = http_get(&metrics, "/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .with_context(|| format!("no {name} in /metrics"))
+    };
+    // The archive caught up with the dataset's load first.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !(metric("mysql_agent_binlog_archive_lag_seconds ")?
+        < args.archive_interval.as_secs_f64() + 5.0)
+    {
+        ensure!(Instant::now() < deadline, "the archive never caught up");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let binlog_bytes = async || -> Result<u64> {
+        let logs = primary
+            .query_rows::<(String, u64)>("SHOW BINARY LOGS")
+            .await?;
+        Ok(logs.iter().map(|(_, size)| size).sum())
+    };
+    let written_before = binlog_bytes().await?;
+    let archived_before = metric("mysql_agent_binlog_archived_bytes_total ")?;
+    let mut load = Command::new("sysbench")
+        .arg("oltp_write_only")
+        .args(["--db-driver=mysql", "--mysql-user=root", "--mysql-db=test"])
+        .arg(format!("--mysql-host={}", primary.addr))
+        .arg(format!("--mysql-port={MYSQL_PORT}"))
+        .arg(format!("--tables={TABLES}"))
+        .arg(format!("--time={}", args.archive_load.as_secs().max(1)))
+        .args(["--threads=2", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting sysbench oltp_write_only")?;
+    let mut lags = Vec::new();
+    while load.try_wait()?.is_none() {
+        lags.push(metric("mysql_agent_binlog_archive_lag_seconds ")?);
+        std::thread::sleep(LAG_SAMPLE);
+    }
+    let ended = Instant::now();
+    let written = binlog_bytes().await? - written_before;
+    let deadline = ended + args.archive_interval * 2 + Duration::from_secs(120);
+    let archived = loop {
+        let archived = metric("mysql_agent_binlog_archived_bytes_total ")? - archived_before;
+        if archived as u64 >= written {
+            break archived as u64;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the archive never held the load's binary logs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let drained = ended.elapsed().as_secs_f64();
+    let peak_rss_kib = peak_rss_kib(sidecar.0.id())?;
+    drop(sidecar);
+    Ok(ArchiveLag {
+        load: args.archive_load,
+        interval: args.archive_interval,
+        written,
+        archived,
+        lags,
+        drained,
+        peak_rss_kib,
+    })
+}
+
+/// A plain HTTP/1.0 GET's body.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
 }
 
 /// The tutorial's sidecar, as it runs there: ncat serving one backup per connection.
@@ -1170,6 +1323,28 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
             ),
             format!("| peak RSS, backup | {backup_rss:.1} MiB | at most 64 MiB |"),
             format!("| peak RSS, restore | {restore_rss:.1} MiB | at most 64 MiB |"),
+        ]);
+    }
+    if let Some(a) = &s.archive {
+        let mut lags: Vec<f64> = a.lags.iter().copied().filter(|l| l.is_finite()).collect();
+        lags.sort_by(f64::total_cmp);
+        let max = lags.last().copied().unwrap_or(f64::NAN);
+        rows.extend([
+            format!(
+                "| binary log archive under sysbench oltp_write_only (2 threads, {}), --binlog-archive-interval {} | {:.1} MiB of binary log written ({:.2} MiB/s), {:.1} MiB archived | |",
+                humantime::format_duration(a.load),
+                humantime::format_duration(a.interval),
+                a.written as f64 / MIB,
+                a.written as f64 / MIB / a.load.as_secs_f64(),
+                a.archived as f64 / MIB
+            ),
+            format!(
+                "| archive lag during the load (the sidecar's metric, every {} ms) | median {:.1} s, max {max:.1} s; all archived {:.1} s after the load | at most the interval plus a round |",
+                LAG_SAMPLE.as_millis(),
+                median(&lags),
+                a.drained
+            ),
+            format!("| peak RSS, archiving sidecar | {:.1} MiB | |", a.peak_rss_kib as f64 / 1024.0),
         ]);
     }
     if !s.compare.is_empty() {
