@@ -370,7 +370,10 @@ mod tests {
     #[test]
     fn the_archive_lag_is_computed_at_each_scrape() {
         let m = Metrics::new();
-        assert!(m.encode().contains("mysql_agent_binlog_archive_lag_seconds NaN"));
+        assert!(
+            m.encode()
+                .contains("mysql_agent_binlog_archive_lag_seconds NaN")
+        );
         m.binlog_archive_checked(SystemTime::now() - Duration::from_secs(90));
         let text = m.encode();
         let lag: f64 = text

@@ -690,9 +690,12 @@ async fn archive_lag(
     };
     // The archive caught up with the dataset's load first.
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !(metric("mysql_agent_binlog_archive_lag_seconds ")?
-        < args.archive_interval.as_secs_f64() + 5.0)
-    {
+    loop {
+        // NaN until the first round: not caught up.
+        let lag = metric("mysql_agent_binlog_archive_lag_seconds ")?;
+        if lag.is_finite() && lag < args.archive_interval.as_secs_f64() + 5.0 {
+            break;
+        }
         ensure!(Instant::now() < deadline, "the archive never caught up");
         std::thread::sleep(Duration::from_millis(500));
     }
