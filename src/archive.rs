@@ -164,6 +164,15 @@ pub fn is_successor(file: &str, next: &str) -> bool {
     }
 }
 
+/// Whether the server's sequence `oldest` starts at or before the archive's `last` file: the
+/// same names again, for other files.
+fn starts_over(last: &str, oldest: &str) -> bool {
+    match (split_file(last), split_file(oldest)) {
+        (Some((a, n)), Some((b, m))) => a == b && m <= n,
+        _ => false,
+    }
+}
+
 /// A timeline's name: when its first file was created, and the file's identity.
 pub fn timeline_name(created: u32, digest: &str) -> String {
     let time = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(created));
@@ -316,6 +325,12 @@ pub fn decide(
         None if last.complete && is_successor(&last.file, &oldest.name) => Resume::At {
             file: oldest.name.clone(),
             offset: 0,
+        },
+        None if starts_over(&last.file, &oldest.name) => Resume::NewTimeline {
+            reason: format!(
+                "the server's binary logs start over at {} while the archive reached {} (binary log names reused: a restore, a recovered primary or RESET MASTER)",
+                oldest.name, last.file
+            ),
         },
         None => Resume::NewTimeline {
             reason: format!(
@@ -680,5 +695,14 @@ mod tests {
             decide(None, &server, None),
             Resume::NewTimeline { .. }
         ));
+        // A restored primary's new sequence, behind the archive's last file.
+        let Resume::NewTimeline { reason } = decide(
+            Some(&last("b.000007", 700, false)),
+            &logs(&[("b.000001", 300), ("b.000002", 100)]),
+            None,
+        ) else {
+            panic!("stitched")
+        };
+        assert!(reason.contains("start over at b.000001"), "{reason}");
     }
 }

@@ -118,7 +118,7 @@ pub fn plan(target: &Target, timelines: &[Timeline], backups: &[Manifest]) -> Re
         "the store holds no binary log archive (serve-backup --archive-binlogs-to on the primary writes one)"
     );
     let begins = |t: &Timeline| parse_time(&t.info.begins_at, "a timeline's begins_at");
-    let index = match target {
+    match target {
         Target::Time { at, .. } => {
             let mut chosen = None;
             for (i, t) in timelines.iter().enumerate() {
@@ -126,25 +126,50 @@ pub fn plan(target: &Target, timelines: &[Timeline], backups: &[Manifest]) -> Re
                     chosen = Some(i);
                 }
             }
-            chosen.ok_or_else(|| {
+            let index = chosen.ok_or_else(|| {
                 anyhow!(
                     "the archive begins at {} (timeline {}), after the target {target}",
                     timelines[0].info.begins_at,
                     timelines[0].info.name
                 )
-            })?
+            })?;
+            plan_in(target, timelines, index, backups)
         }
-        Target::Gtid(g) => timelines
-            .iter()
-            .rposition(|t| {
-                !t.info
+        // A transaction may be in several timelines (a restored primary's first file holds
+        // the transactions it replayed, under their own GTIDs): the newest that can serve it.
+        Target::Gtid(g) => {
+            let mut first_error = None;
+            for index in (0..timelines.len()).rev() {
+                let starts_after = timelines[index]
+                    .info
                     .start_state
                     .as_deref()
                     .and_then(|s| GtidPos::parse(s).ok())
-                    .is_some_and(|start| start.contains(g))
-            })
-            .ok_or_else(|| anyhow!("every archived timeline begins after {target}"))?,
-    };
+                    .is_some_and(|start| start.contains(g));
+                if starts_after {
+                    continue;
+                }
+                match plan_in(target, timelines, index, backups) {
+                    Ok(plan) => return Ok(plan),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            Err(first_error
+                .unwrap_or_else(|| anyhow!("every archived timeline begins after {target}")))
+        }
+    }
+}
+
+/// The plan for `target` in timeline `index`.
+fn plan_in(
+    target: &Target,
+    timelines: &[Timeline],
+    index: usize,
+    backups: &[Manifest],
+) -> Result<Plan> {
+    let begins = |t: &Timeline| parse_time(&t.info.begins_at, "a timeline's begins_at");
     let timeline = &timelines[index];
     let next = timelines.get(index + 1);
     if let Target::Time { at, .. } = target {
@@ -1103,5 +1128,20 @@ mod tests {
         assert_eq!(p.backup.name, "b1");
         let p = plan(&Target::Gtid(g("0-100-99")), &timelines, &backups).unwrap();
         assert_eq!(p.backup.name, "b3");
+        // A restored primary's timeline starts from an old backup's position and holds the
+        // replayed transactions again: with no backup of its own, an older timeline serves.
+        let mut with_restored = timelines.clone();
+        with_restored.push(timeline(
+            "20000101T020000Z-cccccccc",
+            5000,
+            6000,
+            "0-100-40",
+            "the server's b.000001 is another file than the archived one (binary log names reused)",
+        ));
+        let p = plan(&Target::Gtid(g("0-100-50")), &with_restored, &backups).unwrap();
+        assert_eq!(
+            (p.backup.name.as_str(), p.timeline.info.name.as_str()),
+            ("b1", "20000101T000000Z-aaaaaaaa")
+        );
     }
 }

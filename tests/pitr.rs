@@ -250,10 +250,12 @@ async fn a_new_primary_holds_exactly_the_writes_before_the_target() {
         metrics.contains("mysql_agent_binlog_archived_bytes_total"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("mysql_agent_binlog_archive_lag_seconds"),
-        "{metrics}"
-    );
+    let lag: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mysql_agent_binlog_archive_lag_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no lag in {metrics}"));
+    assert!((0.0..30.0).contains(&lag), "{metrics}");
     source.stop().await.unwrap();
 
     // Every volume gone: mysql-0 restored to the target, a replica cloned from it.
@@ -264,7 +266,8 @@ async fn a_new_primary_holds_exactly_the_writes_before_the_target() {
     assert!(log.contains("transactions=40"), "{log}");
     let pod = rebuilt.pod_mut(0);
     pod.start_mysqld().await.unwrap();
-    pod.start_sidecar(&[]).await.unwrap();
+    // It archives into the same store: its binary logs reuse the old names.
+    start_archiver(pod, &url).await;
     assert_eq!(ids(rebuilt.primary()).await, (1..=60).collect::<Vec<_>>());
     // The restored primary's history goes on from the replayed one.
     let state: String = rebuilt
@@ -280,6 +283,20 @@ async fn a_new_primary_holds_exactly_the_writes_before_the_target() {
         .wait_replicated("shop.orders", 61, CATCH_UP)
         .await
         .unwrap();
+    let second = wait_archived(&s3, &url, &target_now().await).await;
+    assert_ne!(second.info.name, timeline.info.name);
+    assert!(
+        second.info.reason.contains("names reused"),
+        "{:?}",
+        second.info
+    );
+    assert_eq!(
+        second.info.previous.as_deref(),
+        Some(timeline.info.name.as_str())
+    );
+    // Its first file starts where the restored backup stood, and goes on from the target.
+    let start = second.info.start_state.clone().unwrap();
+    assert!(!start.is_empty() && start != gtid_at_target, "{start}");
     rebuilt.stop().await.unwrap();
 
     // A GTID target: through that transaction.
