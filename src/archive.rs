@@ -58,6 +58,9 @@ pub struct TimelineInfo {
     /// When its first file was created (RFC 3339, UTC): no transaction of it is older.
     pub begins_at: String,
     pub first_file: String,
+    /// The first file's identity ([`FileHead::digest`]).
+    #[serde(default)]
+    pub first_digest: Option<String>,
     /// The MariaDB GTID position its first file starts from, when the server has GTIDs.
     pub start_state: Option<String>,
     pub server_id: u32,
@@ -173,7 +176,8 @@ fn starts_over(last: &str, oldest: &str) -> bool {
     }
 }
 
-/// A timeline's name: when its first file was created, and the file's identity.
+/// A timeline's name: when the archive began it (so names sort in the order timelines
+/// began), and its first file's identity.
 pub fn timeline_name(created: u32, digest: &str) -> String {
     let time = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(created));
     let stamp: String = humantime::format_rfc3339_seconds(time)
@@ -241,11 +245,16 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// The last file archived, how far, and whether it is complete.
-    pub fn last(&self) -> Option<(&ArchivedFile, u64, bool)> {
-        let file = self.files.last()?;
-        let (end, last) = file.archived_end().unwrap_or((0, false));
-        Some((file, end, last))
+    /// The last file archived, how far, and whether it is complete; an error when its
+    /// segments do not follow one another (nothing is appended to such a file).
+    pub fn last(&self) -> Result<Option<(&ArchivedFile, u64, bool)>> {
+        let Some(file) = self.files.last() else {
+            return Ok(None);
+        };
+        let (end, last) = file
+            .archived_end()
+            .with_context(|| format!("timeline {}", self.info.name))?;
+        Ok(Some((file, end, last)))
     }
 }
 
@@ -514,23 +523,30 @@ pub async fn put_segment(
     Ok(())
 }
 
-/// Reads one packed segment of `file`.
+/// Reads one packed segment of `file`, refusing one larger than `max` bytes.
 pub async fn get_segment(
     store: &Store,
     timeline: &str,
     file: &str,
     segment: &Segment,
+    max: u64,
 ) -> Result<bytes::Bytes> {
     let path = store.path(&timeline_path(
         timeline,
         &format!("{file}/{}", segment.name()),
     ));
-    store
+    let got = store
         .objects()
         .get(&path)
         .await
-        .with_context(|| format!("reading {path} from {}", store.location))?
-        .bytes()
+        .with_context(|| format!("reading {path} from {}", store.location))?;
+    ensure!(
+        got.meta.size <= max,
+        "{path} in {} holds {} bytes, more than a segment can",
+        store.location,
+        got.meta.size
+    );
+    got.bytes()
         .await
         .with_context(|| format!("reading {path} from {}", store.location))
 }

@@ -50,6 +50,9 @@ struct Cursor {
     offset: u64,
     /// The file's last segment is stored (it was closed and archived to its end).
     complete: bool,
+    /// The file's identity: the server's file of that name is checked against it each
+    /// round, so a `RESET MASTER` under a running archiver is never appended to the old file.
+    digest: String,
 }
 
 /// Runs until `cancel`: every failure (the store, mysqld) is logged, counted and retried with
@@ -138,11 +141,18 @@ impl Archiver {
         // The moment the archive is complete up to, once this round's bytes are stored.
         let checked_at = SystemTime::now();
         let (logs, current) = server_logs(conn).await?;
-        let cursor = match self.cursor.take() {
-            Some(cursor) if logs.iter().any(|l| l.name == cursor.file) => cursor,
-            // The file the cursor is in is gone from the server (or nothing is known yet):
-            // what the store says decides.
-            _ => self.establish(&dir, &logs).await?,
+        let known = match self.cursor.take() {
+            Some(cursor) if logs.iter().any(|l| l.name == cursor.file) => {
+                let head = read_head(&dir, &cursor.file).await?;
+                (head.digest == cursor.digest).then_some(cursor)
+            }
+            _ => None,
+        };
+        let cursor = match known {
+            Some(cursor) => cursor,
+            // The file the cursor is in is gone from the server or is another file now (or
+            // nothing is known yet): what the store says decides.
+            None => self.establish(&dir, &logs).await?,
         };
         let open_due = self
             .last_open_upload
@@ -165,12 +175,13 @@ impl Archiver {
                         log.name
                     );
                 }
-                self.begin_file(&cursor.timeline, &dir, &log.name).await?;
+                let head = self.begin_file(&cursor.timeline, &dir, &log.name).await?;
                 cursor = Cursor {
                     timeline: cursor.timeline.clone(),
                     file: log.name.clone(),
                     offset: 0,
                     complete: false,
+                    digest: head.digest,
                 };
             }
             let closed = log.name != current.name;
@@ -246,80 +257,109 @@ impl Archiver {
             Some(name) => Some(archive::load(&self.store, name).await?),
             None => None,
         };
-        let last = latest.as_ref().and_then(|t| {
-            t.last().map(|(file, end, complete)| LastArchived {
+        let oldest = logs
+            .first()
+            .ok_or_else(|| anyhow!("the server lists no binary log"))?;
+        // A timeline begun and left before its first file's head was stored (a crash, a
+        // failed write) is taken up again when that file is still the server's oldest.
+        if let Some(timeline) = latest.as_ref().filter(|t| t.files.is_empty()) {
+            let head = read_head(dir, &oldest.name).await?;
+            if timeline.info.first_file == oldest.name
+                && timeline.info.first_digest.as_deref() == Some(head.digest.as_str())
+            {
+                let name = timeline.info.name.clone();
+                archive::write_head(&self.store, &name, &head).await?;
+                info!(timeline = %name, file = %oldest.name, "the archive takes up the timeline it had begun");
+                return Ok(Cursor {
+                    timeline: name,
+                    file: oldest.name.clone(),
+                    offset: 0,
+                    complete: false,
+                    digest: head.digest,
+                });
+            }
+        }
+        let last = match latest.as_ref() {
+            Some(t) => t.last()?.map(|(file, end, complete)| LastArchived {
                 file: file.name.clone(),
                 end,
                 complete,
                 digest: file.head.as_ref().map(|h| h.digest.clone()),
-            })
-        });
-        let server_digest = match &last {
+            }),
+            None => None,
+        };
+        let server_head = match &last {
             Some(last) if logs.iter().any(|l| l.name == last.file) => {
-                Some(read_head(dir, &last.file).await?.digest)
+                Some(read_head(dir, &last.file).await?)
             }
             _ => None,
         };
-        match archive::decide(last.as_ref(), logs, server_digest.as_deref()) {
+        let server_digest = server_head.as_ref().map(|h| h.digest.as_str());
+        let reason = match archive::decide(last.as_ref(), logs, server_digest) {
             Resume::At { file, offset } => {
                 let timeline = latest.expect("decide continues only a timeline").info.name;
-                let complete = last.as_ref().is_some_and(|l| l.file == file && l.complete);
-                if offset == 0 && last.as_ref().is_none_or(|l| l.file != file) {
-                    self.begin_file(&timeline, dir, &file).await?;
-                }
+                let continuing = last.as_ref().filter(|l| l.file == file);
+                let head = match (continuing, server_head) {
+                    (Some(_), Some(head)) => head,
+                    // The next file, from its first byte.
+                    _ => self.begin_file(&timeline, dir, &file).await?,
+                };
                 info!(%timeline, %file, offset, "the archive goes on where it stopped");
-                Ok(Cursor {
+                return Ok(Cursor {
                     timeline,
                     file,
                     offset,
-                    complete,
-                })
+                    complete: continuing.is_some_and(|l| l.complete),
+                    digest: head.digest,
+                });
             }
-            Resume::NewTimeline { reason } => {
-                let first = logs
-                    .first()
-                    .ok_or_else(|| anyhow!("the server lists no binary log"))?;
-                let head = read_head(dir, &first.name).await?;
-                let name = archive::timeline_name(head.created, &head.digest);
-                let info = TimelineInfo {
-                    format: archive::FORMAT,
-                    name: name.clone(),
-                    begins_at: head.created_at.clone(),
-                    first_file: first.name.clone(),
-                    start_state: head.gtid_list.clone(),
-                    server_id: head.server_id,
-                    server_version: head.server_version.clone(),
-                    created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                    previous: latest.as_ref().map(|t| t.info.name.clone()),
-                    reason: reason.clone(),
-                    compression: format!("zstd level {}", self.config.compression_level),
-                    recipients: self.config.recipients.as_ref().map(Recipients::keys),
-                };
-                if latest.as_ref().is_some_and(|t| t.info.name == name) {
-                    bail!(
-                        "the server's binary logs would start timeline {name} again, which the archive already holds: {reason}"
-                    );
-                }
-                if latest.is_some() {
-                    warn!(timeline = %name, %reason, "a new timeline begins in the binary log archive");
-                } else {
-                    info!(timeline = %name, "the binary log archive begins");
-                }
-                archive::write_info(&self.store, &info).await?;
-                archive::write_head(&self.store, &name, &head).await?;
-                Ok(Cursor {
-                    timeline: name,
-                    file: first.name.clone(),
-                    offset: 0,
-                    complete: false,
-                })
-            }
+            Resume::NewTimeline { reason } => reason,
+        };
+        let head = read_head(dir, &oldest.name).await?;
+        // Named for when it begins here: unique however often a history starts again from
+        // the same first file (a shorter file after a crash, say).
+        let name = archive::timeline_name(unix_now(), &head.digest);
+        if latest.as_ref().is_some_and(|t| t.info.name >= name) {
+            bail!(
+                "timeline {name} would not sort after the latest one; retrying in the next second"
+            );
         }
+        let info = TimelineInfo {
+            format: archive::FORMAT,
+            name: name.clone(),
+            begins_at: head.created_at.clone(),
+            first_file: oldest.name.clone(),
+            first_digest: Some(head.digest.clone()),
+            start_state: head.gtid_list.clone(),
+            server_id: head.server_id,
+            server_version: head.server_version.clone(),
+            created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            previous: latest.as_ref().map(|t| t.info.name.clone()),
+            reason: reason.clone(),
+            compression: format!("zstd level {}", self.config.compression_level),
+            recipients: self.config.recipients.as_ref().map(Recipients::keys),
+        };
+        if latest.is_some() {
+            warn!(timeline = %name, %reason, "a new timeline begins in the binary log archive");
+        } else {
+            info!(timeline = %name, "the binary log archive begins");
+        }
+        archive::write_info(&self.store, &info).await?;
+        crate::crash_point!("archive-after-timeline");
+        archive::write_head(&self.store, &name, &head).await?;
+        Ok(Cursor {
+            timeline: name,
+            file: oldest.name.clone(),
+            offset: 0,
+            complete: false,
+            digest: head.digest,
+        })
     }
 
-    async fn begin_file(&self, timeline: &str, dir: &Path, file: &str) -> Result<()> {
+    async fn begin_file(&self, timeline: &str, dir: &Path, file: &str) -> Result<FileHead> {
         let head = read_head(dir, file).await?;
-        archive::write_head(&self.store, timeline, &head).await
+        archive::write_head(&self.store, timeline, &head).await?;
+        Ok(head)
     }
 
     async fn store_segment(
@@ -355,6 +395,7 @@ impl Archiver {
         .await
         .context("the packing task failed")??;
         archive::put_segment(&self.store, timeline, file, &segment, packed).await?;
+        crate::crash_point!("archive-after-segment");
         self.metrics
             .binlog_archived_bytes
             .inc_by(segment.end - segment.start);
@@ -364,6 +405,14 @@ impl Archiver {
         }
         Ok(())
     }
+}
+
+fn unix_now() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
 /// Where the server writes its binary logs: the directory of `@@log_bin_basename`.

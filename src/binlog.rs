@@ -27,7 +27,12 @@ pub mod kind {
     pub const STOP: u8 = 3;
     pub const ROTATE: u8 = 4;
     pub const FORMAT_DESCRIPTION: u8 = 15;
+    pub const INTVAR: u8 = 5;
+    pub const RAND: u8 = 13;
+    pub const USER_VAR: u8 = 14;
     pub const XID: u8 = 16;
+    pub const XA_PREPARE: u8 = 38;
+    pub const MARIADB_ANNOTATE_ROWS: u8 = 160;
     pub const MYSQL_GTID: u8 = 33;
     pub const MYSQL_ANONYMOUS_GTID: u8 = 34;
     pub const MYSQL_PREVIOUS_GTIDS: u8 = 35;
@@ -255,11 +260,18 @@ impl<R: Read> EventReader<R> {
             "the event at offset {at} says the next one is at {}, not {end}",
             header.next_pos
         );
+        // Read as it arrives, not allocated from the length field up front: a damaged
+        // length costs what the file holds, not a gigabyte.
+        let want = u64::from(header.len) - HEADER_LEN as u64;
         self.body.clear();
-        self.body.resize(header.len as usize - HEADER_LEN, 0);
-        self.input
-            .read_exact(&mut self.body)
-            .with_context(|| format!("the binary log ends inside the event at offset {at}"))?;
+        let got = (&mut self.input)
+            .take(want)
+            .read_to_end(&mut self.body)
+            .with_context(|| format!("reading the event at offset {at}"))?;
+        ensure!(
+            got as u64 == want,
+            "the binary log ends inside the event at offset {at}"
+        );
         self.offset = end;
         if header.kind == kind::FORMAT_DESCRIPTION {
             // Its own checksum is present when the algorithm byte says so (it sits before
@@ -481,10 +493,17 @@ pub fn scan_groups(
                     // MySQL: BEGIN opens a transaction; any other first statement is one.
                     group.transaction = text.as_deref() == Some("BEGIN");
                 }
+                // A standalone statement's context events (auto-increment, RAND, user
+                // variables, the annotation) come before the statement itself.
+                let context = matches!(
+                    header.kind,
+                    kind::INTVAR | kind::RAND | kind::USER_VAR | kind::MARIADB_ANNOTATE_ROWS
+                );
                 let completes = header.kind == kind::XID
+                    || header.kind == kind::XA_PREPARE
                     || matches!(text.as_deref(), Some("COMMIT") | Some("ROLLBACK"))
-                    || (group.standalone && group.events == 1)
-                    || (group.gtid.is_none() && !group.transaction);
+                    || (group.standalone && !context)
+                    || (group.gtid.is_none() && !group.transaction && !context);
                 if completes {
                     let group = open.take().expect("matched above");
                     complete_end = end;
@@ -696,6 +715,35 @@ pub mod tests {
         // SHOW BINLOG EVENTS: the third transaction's GTID at 632, its XID ending at 806.
         assert_eq!((groups[2].start, groups[2].end), (632, 806));
         assert_eq!(groups[6].end, 1418);
+    }
+
+    /// An XA transaction's first half ends at its XA_PREPARE event; a standalone statement
+    /// with an auto-increment context event ends at the statement, not at the context.
+    #[test]
+    fn xa_prepare_and_context_events_end_groups_where_they_should() {
+        let mut log = LogBuilder::new(1000, 100, &[]);
+        let mut gtid = 1u64.to_le_bytes().to_vec();
+        gtid.extend(0u32.to_le_bytes());
+        gtid.push(0);
+        log.event(1001, kind::MARIADB_GTID, &gtid);
+        log.query(1001, "XA START 'x'");
+        log.event(1001, 23, &[1, 2, 3]);
+        log.query(1001, "XA END 'x'");
+        log.event(1002, kind::XA_PREPARE, &[0; 12]);
+        let mut gtid = 2u64.to_le_bytes().to_vec();
+        gtid.extend(0u32.to_le_bytes());
+        gtid.push(FL_STANDALONE);
+        log.event(1003, kind::MARIADB_GTID, &gtid);
+        log.event(1003, kind::INTVAR, &[2, 1, 0, 0, 0, 0, 0, 0, 0]);
+        log.query(1003, "INSERT INTO t.a VALUES (NULL)");
+        log.transaction(1004, 1004, 0, 3);
+        let mut groups = Vec::new();
+        scan_groups(&log.bytes[..], |g| {
+            groups.push((g.gtid.unwrap().seq, g.commit_time));
+            true
+        })
+        .unwrap();
+        assert_eq!(groups, [(1, 1002), (2, 1003), (3, 1004)]);
     }
 
     #[test]

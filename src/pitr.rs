@@ -13,8 +13,10 @@
 //! hold (its last check), a target in a gap between timelines, a backup that would have to be
 //! rolled forward across a gap or from another history, a GTID the archive does not hold.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -37,6 +39,8 @@ pub const BINLOG_DIR: &str = ".mysql-agent-binlogs";
 pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long it may take to shut down cleanly.
 pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one statement to the replay server may take (its set-up, its shutdown).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the replay itself may take: long, since a replayed statement may run for as long
 /// as it ran on the primary (an ALTER TABLE), but not forever.
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -90,6 +94,18 @@ fn parse_time(text: &str, what: &str) -> Result<SystemTime> {
     humantime::parse_rfc3339_weak(text).with_context(|| format!("{what} {text:?} is not a time"))
 }
 
+/// The backup holds a transaction stamped after the target: an older backup may serve.
+#[derive(Debug)]
+pub struct HeldAfterTarget(pub String);
+
+impl std::fmt::Display for HeldAfterTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HeldAfterTarget {}
+
 /// Where the replay starts: after the backup's own position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum From {
@@ -108,11 +124,23 @@ pub struct Plan {
     pub from: From,
     /// The index in `timeline.files` of the first file to read.
     pub first_file: usize,
+    /// What to add when the target is not found: a later timeline begins past it.
+    pub gap: Option<String>,
 }
 
 /// Chooses the timeline and the backup for `target`. `timelines` oldest first, `backups`
 /// newest first (complete ones).
 pub fn plan(target: &Target, timelines: &[Timeline], backups: &[Manifest]) -> Result<Plan> {
+    Ok(candidates(target, timelines, backups)?.remove(0))
+}
+
+/// Every way to reach `target`, best first: in the timeline that holds it, each usable
+/// backup from the newest. The archive is read ([`Scanner`]) to pick among them.
+pub fn candidates(
+    target: &Target,
+    timelines: &[Timeline],
+    backups: &[Manifest],
+) -> Result<Vec<Plan>> {
     ensure!(
         !timelines.is_empty(),
         "the store holds no binary log archive (serve-backup --archive-binlogs-to on the primary writes one)"
@@ -120,70 +148,97 @@ pub fn plan(target: &Target, timelines: &[Timeline], backups: &[Manifest]) -> Re
     let begins = |t: &Timeline| parse_time(&t.info.begins_at, "a timeline's begins_at");
     match target {
         Target::Time { at, .. } => {
-            let mut chosen = None;
+            // The newest timeline begun by then, preferring one archived past the target
+            // (timelines may overlap in time when one began again from the same file).
+            let mut begun = None;
+            let mut covering = None;
             for (i, t) in timelines.iter().enumerate() {
                 if unix(begins(t)?) <= unix(*at) {
-                    chosen = Some(i);
+                    begun = Some(i);
+                    if covers(t, *at)? {
+                        covering = Some(i);
+                    }
                 }
             }
-            let index = chosen.ok_or_else(|| {
+            let index = covering.or(begun).ok_or_else(|| {
                 anyhow!(
                     "the archive begins at {} (timeline {}), after the target {target}",
                     timelines[0].info.begins_at,
                     timelines[0].info.name
                 )
             })?;
-            plan_in(target, timelines, index, backups)
+            plan_in(target, timelines, index, backups, None)
         }
         // A transaction may be in several timelines (a restored primary's first file holds
         // the transactions it replayed, under their own GTIDs): the newest that can serve it.
         Target::Gtid(g) => {
+            let mut found = Vec::new();
             let mut first_error = None;
+            let mut gap = None;
             for index in (0..timelines.len()).rev() {
-                let starts_after = timelines[index]
+                let timeline = &timelines[index];
+                let starts_after = timeline
                     .info
                     .start_state
                     .as_deref()
                     .and_then(|s| GtidPos::parse(s).ok())
                     .is_some_and(|start| start.contains(g));
                 if starts_after {
+                    gap = Some(format!(
+                        "timeline {} begins past it (at {}, GTID position {}) because {}: the target may fall in that gap",
+                        timeline.info.name,
+                        timeline.info.begins_at,
+                        timeline.info.start_state.as_deref().unwrap_or(""),
+                        timeline.info.reason
+                    ));
                     continue;
                 }
-                match plan_in(target, timelines, index, backups) {
-                    Ok(plan) => return Ok(plan),
+                match plan_in(target, timelines, index, backups, gap.clone()) {
+                    Ok(plans) => found.extend(plans),
                     Err(e) => {
                         first_error.get_or_insert(e);
                     }
                 }
             }
-            Err(first_error
-                .unwrap_or_else(|| anyhow!("every archived timeline begins after {target}")))
+            if found.is_empty() {
+                Err(first_error
+                    .unwrap_or_else(|| anyhow!("every archived timeline begins after {target}")))
+            } else {
+                Ok(found)
+            }
         }
     }
 }
 
-/// The plan for `target` in timeline `index`.
+/// Whether `timeline` is known archived past the end of `at`'s second.
+fn covers(timeline: &Timeline, at: SystemTime) -> Result<bool> {
+    let Some(progress) = &timeline.progress else {
+        return Ok(false);
+    };
+    let checked = parse_time(&progress.checked_at, "progress.checked_at")?;
+    Ok(checked >= SystemTime::UNIX_EPOCH + Duration::from_secs(unix(at) + 1))
+}
+
+/// The plans for `target` in timeline `index`, one per usable backup, newest first.
 fn plan_in(
     target: &Target,
     timelines: &[Timeline],
     index: usize,
     backups: &[Manifest],
-) -> Result<Plan> {
+    gap: Option<String>,
+) -> Result<Vec<Plan>> {
     let begins = |t: &Timeline| parse_time(&t.info.begins_at, "a timeline's begins_at");
     let timeline = &timelines[index];
     let next = timelines.get(index + 1);
     if let Target::Time { at, .. } = target {
-        let checked = match &timeline.progress {
-            Some(p) => parse_time(&p.checked_at, "progress.checked_at")?,
-            None => bail!(
-                "timeline {} of the archive holds no progress record: nothing of it is known to be archived",
-                timeline.info.name
-            ),
-        };
+        ensure!(
+            timeline.progress.is_some(),
+            "timeline {} of the archive holds no progress record: nothing of it is known to be archived",
+            timeline.info.name
+        );
         // A target second covers commits up to its end: the archive must have been checked
         // after that end.
-        let covered_until = SystemTime::UNIX_EPOCH + Duration::from_secs(unix(*at) + 1);
-        if checked < covered_until {
+        if !covers(timeline, *at)? {
             match next {
                 Some(next) => bail!(
                     "the target {target} falls in a gap of the archive: timeline {} is archived up to {} (in {}), \
@@ -221,6 +276,7 @@ fn plan_in(
     };
     let timeline_begins = begins(timeline)?;
     let mut rejected = Vec::new();
+    let mut found = Vec::new();
     for backup in backups {
         let finished = parse_time(&backup.finished_at, "a backup's finished_at")?;
         let after_target = match target {
@@ -273,13 +329,17 @@ fn plan_in(
         let first_file =
             first_file(timeline, &from).with_context(|| format!("backup {}", backup.name))?;
         archive::check_continuous(timeline, first_file)?;
-        return Ok(Plan {
+        found.push(Plan {
             target: target.clone(),
             timeline: timeline.clone(),
             backup: backup.clone(),
             from,
             first_file,
+            gap: gap.clone(),
         });
+    }
+    if !found.is_empty() {
+        return Ok(found);
     }
     bail!(
         "no complete backup to start from before {target} on timeline {} (begins at {}){}",
@@ -352,11 +412,16 @@ pub struct Scanner {
     last_time: Option<u32>,
     /// The end of the complete transactions of the last file scanned.
     end: (usize, u64),
+    /// The backup itself stands at the GTID target: nothing to read.
+    at_target: bool,
 }
 
 impl Scanner {
     pub fn new(target: Target, from: From) -> Self {
+        let at_target =
+            matches!((&target, &from), (Target::Gtid(g), From::Gtid(pos)) if pos.contains(g));
         Self {
+            at_target,
             target,
             from,
             start: None,
@@ -370,6 +435,9 @@ impl Scanner {
 
     /// Scans file number `index` (its name `name`): returns whether the stop was found.
     pub fn file(&mut self, index: usize, name: &str, input: impl std::io::Read) -> Result<bool> {
+        if self.at_target {
+            return Ok(true);
+        }
         let mut failure = None;
         let (start_info, complete_end) =
             binlog::scan_groups(input, |g| match self.group(index, name, g) {
@@ -408,12 +476,12 @@ impl Scanner {
                 if let Target::Time { at, .. } = &self.target
                     && u64::from(g.commit_time) > unix(*at)
                 {
-                    bail!(
+                    return Err(anyhow::Error::new(HeldAfterTarget(format!(
                         "the backup holds a transaction stamped {} ({name} at {}), after the target {}",
                         archive::rfc3339(g.commit_time),
                         g.start,
                         self.target
-                    );
+                    ))));
                 }
                 return Ok(true);
             }
@@ -461,6 +529,15 @@ impl Scanner {
 
     /// The range, once every file was scanned (`complete`: the archive's end was reached).
     pub fn finish(self) -> Result<Range> {
+        if self.at_target {
+            return Ok(Range {
+                start: (0, 0),
+                stop: (0, 0),
+                transactions: 0,
+                last_gtid: None,
+                last_time: None,
+            });
+        }
         let stop = match (self.stop, &self.target) {
             (Some(stop), _) => stop,
             (None, Target::Time { .. }) => self.end,
@@ -519,52 +596,188 @@ pub struct Replay {
     pub defaults_file: Option<PathBuf>,
 }
 
-/// Unpacks the plan's files into `dir`, finds the range and replays it into the prepared
-/// data in `staging` with a private server (no network, grant tables off). Returns the
-/// range replayed.
-pub async fn replay(
-    plan: &Plan,
+/// The largest packed segment read from the store: a 16 MiB segment that zstd could not
+/// shrink, with room for its framing and encryption.
+const MAX_PACKED_SEGMENT: u64 = 2 * archive::SEGMENT_MAX_BYTES + (1 << 20);
+
+/// One archived file read back as the server wrote it: its segments fetched in order (a
+/// blocking reader: use it off the async threads, inside a runtime), each unpacked and held
+/// to its length.
+pub struct ArchivedFileReader {
+    handle: tokio::runtime::Handle,
+    store: Store,
+    timeline: String,
+    file: ArchivedFile,
+    identities: Option<Arc<Identities>>,
+    next: usize,
+    current: Option<(Box<dyn Read + Send>, u64)>,
+}
+
+impl ArchivedFileReader {
+    pub fn new(
+        store: &Store,
+        timeline: &str,
+        file: &ArchivedFile,
+        identities: Option<Arc<Identities>>,
+    ) -> Result<Self> {
+        file.archived_end()
+            .with_context(|| format!("timeline {timeline}"))?;
+        Ok(Self {
+            handle: tokio::runtime::Handle::current(),
+            store: store.clone(),
+            timeline: timeline.to_owned(),
+            file: file.clone(),
+            identities,
+            next: 0,
+            current: None,
+        })
+    }
+
+    fn open_next(&mut self) -> Result<bool> {
+        let Some(segment) = self.file.segments.get(self.next).copied() else {
+            return Ok(false);
+        };
+        self.next += 1;
+        ensure!(
+            !segment.encrypted || self.identities.is_some(),
+            "the binary log archive is encrypted (age): pass --age-identity-file with its private key"
+        );
+        let what = format!(
+            "{}/{} of timeline {}",
+            self.file.name,
+            segment.name(),
+            self.timeline
+        );
+        let packed = self.handle.block_on(archive::get_segment(
+            &self.store,
+            &self.timeline,
+            &self.file.name,
+            &segment,
+            MAX_PACKED_SEGMENT,
+        ))?;
+        let unpacked = crate::packing::unpack(
+            std::io::Cursor::new(packed),
+            self.identities.as_deref().filter(|_| segment.encrypted),
+        )
+        .with_context(|| format!("unpacking {what}"))?;
+        let length = segment.end - segment.start;
+        // One byte more than it should hold, to see that it holds no more.
+        self.current = Some((Box::new(unpacked.take(length + 1)), length));
+        Ok(true)
+    }
+}
+
+impl Read for ArchivedFileReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some((reader, left)) = &mut self.current {
+                let n = reader.read(buf).map_err(|e| {
+                    std::io::Error::other(format!(
+                        "unpacking {} of timeline {} (damaged, or another key?): {e}",
+                        self.file.name, self.timeline
+                    ))
+                })?;
+                if n > 0 {
+                    if n as u64 > *left {
+                        return Err(std::io::Error::other(format!(
+                            "a segment of {} in timeline {} unpacks to more bytes than its name says",
+                            self.file.name, self.timeline
+                        )));
+                    }
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+                if *left > 0 {
+                    return Err(std::io::Error::other(format!(
+                        "a segment of {} in timeline {} unpacks to {left} bytes fewer than its name says",
+                        self.file.name, self.timeline
+                    )));
+                }
+                self.current = None;
+            }
+            match self.open_next() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => return Err(std::io::Error::other(format!("{e:#}"))),
+            }
+        }
+    }
+}
+
+/// A restore to a point in time, decided: the backup, and the range of the archive to replay
+/// after it.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub plan: Plan,
+    pub range: Range,
+}
+
+/// Reads the archive from each candidate backup's position to the target (streamed from the
+/// store, nothing written) and takes the first that reaches it: every refusal comes before
+/// anything is restored. A backup holding a transaction stamped after the target gives way to
+/// an older one.
+pub async fn decide(
+    candidates: Vec<Plan>,
     store: &Store,
-    identities: Option<&Identities>,
+    identities: Option<Arc<Identities>>,
+) -> Result<Decided> {
+    let mut passed = Vec::new();
+    for plan in candidates {
+        match scan(&plan, store, identities.clone()).await {
+            Ok(range) => return Ok(Decided { plan, range }),
+            Err(e) if e.chain().any(|c| c.is::<HeldAfterTarget>()) => {
+                warn!(backup = %plan.backup.name, reason = %format!("{e:#}"), "this backup is past the target; trying an older one");
+                passed.push(format!("{}: {e:#}", plan.backup.name));
+            }
+            Err(e) => {
+                return Err(match &plan.gap {
+                    Some(gap) => e.context(gap.clone()),
+                    None => e,
+                });
+            }
+        }
+    }
+    bail!("no backup stands before the target: {}", passed.join("; "))
+}
+
+/// The range of `plan`'s timeline to replay, found by reading its files from the store.
+async fn scan(plan: &Plan, store: &Store, identities: Option<Arc<Identities>>) -> Result<Range> {
+    let plan = plan.clone();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || -> Result<Range> {
+        let mut scanner = Scanner::new(plan.target.clone(), plan.from.clone());
+        for (i, file) in plan.timeline.files[plan.first_file..].iter().enumerate() {
+            let input = std::io::BufReader::with_capacity(
+                1 << 20,
+                ArchivedFileReader::new(
+                    &store,
+                    &plan.timeline.info.name,
+                    file,
+                    identities.clone(),
+                )?,
+            );
+            if scanner.file(i, &file.name, input)? {
+                break;
+            }
+        }
+        scanner.finish()
+    })
+    .await
+    .context("the scanning task failed")?
+}
+
+/// Unpacks the decided range's files into `<data dir>/.mysql-agent-binlogs` and replays them
+/// into the prepared data in `staging` with a private server (no network, grant tables off).
+pub async fn replay(
+    decided: &Decided,
+    store: &Store,
+    identities: Option<Arc<Identities>>,
     replay: &Replay,
     data_dir: &Path,
     staging: &Path,
     cancel: &CancellationToken,
-) -> Result<Range> {
-    let dir = data_dir.join(BINLOG_DIR);
-    crate::fsutil::remove_all(&dir)?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut scanner = Scanner::new(plan.target.clone(), plan.from.clone());
-    let mut names = Vec::new();
-    for (i, file) in plan.timeline.files[plan.first_file..].iter().enumerate() {
-        if cancel.is_cancelled() {
-            bail!(crate::errors::Interrupted);
-        }
-        let path = dir.join(&file.name);
-        unpack_file(store, &plan.timeline.info.name, file, identities, &path).await?;
-        names.push(file.name.clone());
-        let name = file.name.clone();
-        let found = {
-            let p = path.clone();
-            let mut s = scanner;
-            let (s, found) = tokio::task::spawn_blocking(move || -> Result<(Scanner, bool)> {
-                let input = std::io::BufReader::with_capacity(
-                    1 << 20,
-                    std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?,
-                );
-                let found = s.file(i, &name, input)?;
-                Ok((s, found))
-            })
-            .await
-            .context("the scanning task failed")??;
-            scanner = s;
-            found
-        };
-        if found {
-            break;
-        }
-    }
-    let range = scanner.finish()?;
+) -> Result<()> {
+    let Decided { plan, range } = decided;
     info!(
         backup = %plan.backup.name,
         timeline = %plan.timeline.info.name,
@@ -574,58 +787,43 @@ pub async fn replay(
         "replaying the archived binary logs up to {}",
         plan.target
     );
-    if range.transactions > 0 {
-        let files: Vec<PathBuf> = names[range.start.0..=range.stop.0]
-            .iter()
-            .map(|n| dir.join(n))
-            .collect();
-        run_replay(plan, replay, staging, &files, &range, cancel).await?;
-    } else {
+    if range.transactions == 0 {
         info!("the backup already stands at the target: nothing to replay");
+        return Ok(());
     }
+    let dir = data_dir.join(BINLOG_DIR);
     crate::fsutil::remove_all(&dir)?;
-    Ok(range)
-}
-
-/// Unpacks the archived segments of `file` into `path`.
-async fn unpack_file(
-    store: &Store,
-    timeline: &str,
-    file: &ArchivedFile,
-    identities: Option<&Identities>,
-    path: &Path,
-) -> Result<()> {
-    file.archived_end()?;
-    let mut out =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    for segment in &file.segments {
-        ensure!(
-            !segment.encrypted || identities.is_some(),
-            "the archive is encrypted (age): pass --age-identity-file with its private key"
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files =
+        &plan.timeline.files[plan.first_file + range.start.0..=plan.first_file + range.stop.0];
+    let mut paths = Vec::new();
+    for file in files {
+        if cancel.is_cancelled() {
+            bail!(crate::errors::Interrupted);
+        }
+        let path = dir.join(&file.name);
+        let (store, timeline, file, identities, to) = (
+            store.clone(),
+            plan.timeline.info.name.clone(),
+            file.clone(),
+            identities.clone(),
+            path.clone(),
         );
-        let packed = archive::get_segment(store, timeline, &file.name, segment).await?;
-        let mut input = crate::packing::unpack(
-            std::io::Cursor::new(packed),
-            identities.filter(|_| segment.encrypted),
-        )?;
-        let copied = std::io::copy(&mut input, &mut out).with_context(|| {
-            format!(
-                "unpacking {}/{} of timeline {timeline} (damaged, or another key?)",
-                file.name,
-                segment.name()
-            )
-        })?;
-        ensure!(
-            copied == segment.end - segment.start,
-            "{}/{} of timeline {timeline} unpacks to {copied} bytes, not {}",
-            file.name,
-            segment.name(),
-            segment.end - segment.start
-        );
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut input = ArchivedFileReader::new(&store, &timeline, &file, identities)?;
+            let mut out =
+                std::fs::File::create(&to).with_context(|| format!("creating {}", to.display()))?;
+            std::io::copy(&mut input, &mut out)
+                .with_context(|| format!("unpacking {} into {}", file.name, to.display()))?;
+            out.sync_all()
+                .with_context(|| format!("writing {}", to.display()))
+        })
+        .await
+        .context("the unpacking task failed")??;
+        paths.push(path);
     }
-    out.sync_all()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    run_replay(plan, replay, staging, &paths, range, cancel).await?;
+    crate::fsutil::remove_all(&dir)
 }
 
 /// Starts a private server on the prepared data, seeds its binary log with the backup's GTID
@@ -738,17 +936,22 @@ async fn seed_binlog_state(conn: &mut mysql_async::Conn, from: &From) -> Result<
     let From::Gtid(pos) = from else {
         return Ok(());
     };
-    let log_bin: Option<i64> = conn
-        .query_first("SELECT @@log_bin")
-        .await
-        .context("asking the replay server whether it writes a binary log")?;
+    let log_bin: Option<i64> =
+        tokio::time::timeout(QUERY_TIMEOUT, conn.query_first("SELECT @@log_bin"))
+            .await
+            .map_err(|_| anyhow!("the replay server did not answer within {QUERY_TIMEOUT:?}"))?
+            .context("asking the replay server whether it writes a binary log")?;
     if pos.is_empty() || log_bin != Some(1) {
         return Ok(());
     }
-    conn.query_drop(format!(
-        "RESET MASTER; SET GLOBAL gtid_binlog_state = '{pos}'"
-    ))
+    tokio::time::timeout(
+        QUERY_TIMEOUT,
+        conn.query_drop(format!(
+            "RESET MASTER; SET GLOBAL gtid_binlog_state = '{pos}'"
+        )),
+    )
     .await
+    .map_err(|_| anyhow!("the replay server did not answer within {QUERY_TIMEOUT:?}"))?
     .with_context(|| format!("seeding the replay server's binary log with {pos}"))
 }
 
@@ -775,51 +978,51 @@ async fn pipe_binlogs(
     let mut client = Supervised::spawn_with_stdin(client, "the replay client")?;
     let mut sql_in = client.take_stdin().context("the client's stdin")?;
     let mut events = decoder.take_stdout().context("mariadb-binlog's stdout")?;
-    let copy = async {
-        // A session started with the grant tables off may run GRANT once they are loaded;
-        // NO_WRITE_TO_BINLOG keeps this out of the restored primary's history.
-        sql_in
-            .write_all(b"FLUSH NO_WRITE_TO_BINLOG PRIVILEGES;\n")
-            .await?;
-        tokio::io::copy(&mut events, &mut sql_in).await?;
-        sql_in.shutdown().await?;
-        drop(sql_in);
-        Ok::<_, std::io::Error>(())
+    // Everything from the first byte to both exits, under one deadline and the shutdown
+    // signal; dropping it kills both groups.
+    let work = async move {
+        let copy = async {
+            // A session started with the grant tables off may run GRANT once they are
+            // loaded; NO_WRITE_TO_BINLOG keeps this out of the restored primary's history.
+            sql_in
+                .write_all(b"FLUSH NO_WRITE_TO_BINLOG PRIVILEGES;\n")
+                .await?;
+            tokio::io::copy(&mut events, &mut sql_in).await?;
+            sql_in.shutdown().await?;
+            drop(sql_in);
+            Ok::<_, std::io::Error>(())
+        };
+        let copied = copy.await;
+        // A client that stopped (a statement failed) no longer reads: the decoder is
+        // stopped with its group, not left to notice the closed pipe.
+        let decoded = match &copied {
+            Ok(()) => decoder.wait().await?,
+            Err(_) => decoder.kill().await?,
+        };
+        let applied = client.wait().await?;
+        ensure!(
+            applied.status.success(),
+            "replaying the binary logs failed: {} {}",
+            replay.programs.client.display(),
+            applied.describe()
+        );
+        copied.context("feeding the binary logs to the client")?;
+        ensure!(
+            decoded.status.success(),
+            "{} {}",
+            replay.programs.binlog.display(),
+            decoded.describe()
+        );
+        Ok(())
     };
-    let copied = tokio::select! {
-        copied = copy => copied,
-        () = cancel.cancelled() => {
-            let _ = decoder.kill().await;
-            let _ = client.kill().await;
-            bail!(crate::errors::Interrupted);
-        }
-        () = tokio::time::sleep(REPLAY_TIMEOUT) => {
-            let _ = decoder.kill().await;
-            let _ = client.kill().await;
-            bail!("the replay did not finish within {}", humantime::format_duration(REPLAY_TIMEOUT));
-        }
-    };
-    // A client that stopped (a statement failed) no longer reads: the decoder is stopped
-    // with its group, not left to notice the closed pipe.
-    let decoded = match &copied {
-        Ok(()) => decoder.wait().await?,
-        Err(_) => decoder.kill().await?,
-    };
-    let applied = client.wait().await?;
-    ensure!(
-        applied.status.success(),
-        "replaying the binary logs failed: {} {}",
-        replay.programs.client.display(),
-        applied.describe()
-    );
-    copied.context("feeding the binary logs to the client")?;
-    ensure!(
-        decoded.status.success(),
-        "{} {}",
-        replay.programs.binlog.display(),
-        decoded.describe()
-    );
-    Ok(())
+    tokio::select! {
+        done = work => done,
+        () = cancel.cancelled() => bail!(crate::errors::Interrupted),
+        () = tokio::time::sleep(REPLAY_TIMEOUT) => bail!(
+            "the replay did not finish within {}",
+            humantime::format_duration(REPLAY_TIMEOUT)
+        ),
+    }
 }
 
 async fn stop_server(server: &mut Supervised, socket: &Path) -> Result<()> {
@@ -831,7 +1034,7 @@ async fn stop_server(server: &mut Supervised, socket: &Path) -> Result<()> {
     if let Ok(Ok(mut conn)) =
         tokio::time::timeout(crate::mysql::CONNECT_TIMEOUT, mysql_async::Conn::new(opts)).await
     {
-        let _ = conn.query_drop("SHUTDOWN").await;
+        let _ = tokio::time::timeout(QUERY_TIMEOUT, conn.query_drop("SHUTDOWN")).await;
     } else {
         server.terminate();
     }
@@ -995,6 +1198,9 @@ mod tests {
         let r = scan(Target::Gtid(g("0-100-7")), pos("0-100-4")).unwrap();
         assert_eq!(r.transactions, 3);
         assert_eq!(r.last_gtid, Some(g("0-100-7")));
+        // The backup itself at the target: nothing to replay.
+        let r = scan(Target::Gtid(g("0-100-4")), pos("0-100-4")).unwrap();
+        assert_eq!(r.transactions, 0);
         let msg = format!(
             "{:#}",
             scan(Target::Gtid(g("0-100-99")), pos("0-100-4")).unwrap_err()
@@ -1035,6 +1241,7 @@ mod tests {
                 name: name.into(),
                 begins_at: archive::rfc3339(begins),
                 first_file: "b.000001".into(),
+                first_digest: None,
                 start_state: Some(start_state.into()),
                 server_id: 100,
                 server_version: "10.11.19-MariaDB".into(),

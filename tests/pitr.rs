@@ -534,9 +534,15 @@ async fn an_encrypted_archive_on_a_second_s3_implementation_restores_with_its_ke
     // What is stored is age's, not the binary log's.
     let store = store(&s3, &url);
     let file = &timeline.files[0];
-    let segment = archive::get_segment(&store, &timeline.info.name, &file.name, &file.segments[0])
-        .await
-        .unwrap();
+    let segment = archive::get_segment(
+        &store,
+        &timeline.info.name,
+        &file.name,
+        &file.segments[0],
+        u64::MAX,
+    )
+    .await
+    .unwrap();
     assert!(
         segment.starts_with(b"age-encryption.org/v1"),
         "{:?}",
@@ -571,6 +577,87 @@ async fn an_encrypted_archive_on_a_second_s3_implementation_restores_with_its_ke
     cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&rebuilt.pod(0).log("clone"))));
     rebuilt.pod_mut(0).start_mysqld().await.unwrap();
     assert_eq!(ids(rebuilt.primary()).await, (1..=30).collect::<Vec<_>>());
+    rebuilt.stop().await.unwrap();
+    s3.stop().await.unwrap();
+}
+
+/// The archiving sidecar killed (a failpoint's SIGKILL) right after it began a timeline and
+/// right after it stored a segment, before anything else: each restart takes up where the
+/// store says, in the same timeline, and a restore gets every row.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archiver_killed_between_its_writes_takes_up_the_same_timeline() {
+    let s3 = garage("pitr5", 94).await;
+    let url = s3.url("prod");
+    let mut cluster = Cluster::create(spec("pt5a", 94)).await.unwrap();
+    let n = cluster.new_pod().unwrap();
+    let pod = cluster.pod_mut(n);
+    pod.agent_env.extend(s3.env());
+    pod.init_config().await.unwrap();
+    pod.clone_data(&[]).await.unwrap();
+    pod.start_mysqld().await.unwrap();
+    pod.exec(
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, item VARCHAR(40))",
+    )
+    .await
+    .unwrap();
+    insert(pod, 1, 10).await;
+    for (failpoint, step) in [
+        ("archive-after-timeline", 1),
+        ("archive-after-segment", 2),
+        ("archive-after-segment", 3),
+    ] {
+        let pod = cluster.pod_mut(0);
+        pod.agent_env
+            .push(("FAILPOINTS".into(), format!("{failpoint}=return")));
+        start_archiver(pod, &url).await;
+        let status = pod
+            .wait_sidecar_exit(Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{failpoint}"
+        );
+        pod.agent_env.retain(|(k, _)| k != "FAILPOINTS");
+        // Writes meanwhile, and a rotation, for the next start to find.
+        insert(pod, 10 * step + 1, 10 * step + 10).await;
+        pod.exec("FLUSH BINARY LOGS").await.unwrap();
+    }
+    start_archiver(cluster.pod_mut(0), &url).await;
+    cluster.scale_to(2).await.unwrap();
+    cluster
+        .wait_replicated("shop.orders", 40, CATCH_UP)
+        .await
+        .unwrap();
+    backup(&s3, &cluster, &url).await;
+    insert(cluster.primary(), 41, 50).await;
+    let target = target_now().await;
+    let timeline = wait_archived(&s3, &url, &target).await;
+    assert_eq!(
+        archive::timelines(&store(&s3, &url)).await.unwrap().len(),
+        1
+    );
+    archive::check_continuous(&timeline, 0).unwrap();
+    for file in &timeline.files {
+        file.archived_end().unwrap();
+    }
+    let log = read(&cluster.primary().log("serve-backup"));
+    assert!(
+        log.contains("the archive takes up the timeline it had begun"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the archive goes on where it stopped"),
+        "{log}"
+    );
+    cluster.stop().await.unwrap();
+
+    let (mut rebuilt, cloned) = restore_primary("pt5b", 95, &s3, &url, &target).await;
+    cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&rebuilt.pod(0).log("clone"))));
+    rebuilt.pod_mut(0).start_mysqld().await.unwrap();
+    assert_eq!(ids(rebuilt.primary()).await, (1..=50).collect::<Vec<_>>());
     rebuilt.stop().await.unwrap();
     s3.stop().await.unwrap();
 }

@@ -273,21 +273,24 @@ pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
             let restored =
                 restore_from_store(config, &tool, restore, (store.clone(), manifest), cancel).await;
             match (restored, pitr) {
-                (Ok(cloned), Some((plan, replay))) => {
+                (Ok(cloned), Some((decided, replay))) => {
+                    let target = decided.plan.target.clone();
                     let replaying = crate::pitr::replay(
-                        &plan,
+                        &decided,
                         &store,
-                        restore.identities.as_deref(),
+                        restore.identities.clone(),
                         &replay,
                         data_dir,
                         &data_dir.join(STAGING_DIR),
                         cancel,
                     )
-                    .instrument(info_span!("replay", until = %plan.target))
+                    .instrument(info_span!("replay", until = %target))
                     .await
-                    .with_context(|| format!("replaying the archived binary logs up to {}", plan.target));
-                    replaying.map(|range| {
-                        replayed = Some((plan.target, range));
+                    .with_context(|| {
+                        format!("replaying the archived binary logs up to {target}")
+                    });
+                    replaying.map(|()| {
+                        replayed = Some((target, decided.range));
                         cloned
                     })
                 }
@@ -544,8 +547,8 @@ async fn from_peers(
     Ok(cloned.1)
 }
 
-/// A point-in-time recovery's plan and how its replay runs.
-type PitrPlan = Option<(crate::pitr::Plan, crate::pitr::Replay)>;
+/// A point-in-time recovery's decided range and how its replay runs.
+type PitrPlan = Option<(crate::pitr::Decided, crate::pitr::Replay)>;
 
 /// The backup to restore: the store opened, the backup chosen (named, or the newest complete
 /// one, or for `--restore-until` the newest before the target, with the archived binary logs
@@ -564,19 +567,28 @@ async fn plan_restore(restore: &Restore, tool: &BackupTool) -> Result<(Store, Ma
                 timelines.push(crate::archive::load(&store, &name).await?);
             }
             let backups = catalog::list(&store).await?.complete;
-            let plan = crate::pitr::plan(target, &timelines, &backups).with_context(|| {
+            let planning = async {
+                let candidates = crate::pitr::candidates(target, &timelines, &backups)?;
+                if let Some(plan) = candidates.first()
+                    && plan.timeline.info.recipients.is_some()
+                    && restore.identities.is_none()
+                {
+                    bail!(
+                        "the binary log archive (timeline {}) is encrypted (age): pass --age-identity-file with its private key",
+                        plan.timeline.info.name
+                    );
+                }
+                crate::pitr::decide(candidates, &store, restore.identities.clone()).await
+            };
+            let decided = planning.await.with_context(|| {
                 format!("planning the restore of {} to {target}", store.location)
             })?;
-            if plan.timeline.info.recipients.is_some() && restore.identities.is_none() {
-                bail!(
-                    "the binary log archive (timeline {}) is encrypted (age): pass --age-identity-file with its private key",
-                    plan.timeline.info.name
-                );
-            }
+            let (plan, range) = (&decided.plan, &decided.range);
             info!(
                 backup = %plan.backup.name,
                 timeline = %plan.timeline.info.name,
-                files = plan.timeline.files.len() - plan.first_file,
+                files = range.stop.0 + 1 - range.start.0,
+                transactions = range.transactions,
                 "point-in-time recovery to {target}: this backup, then the archived binary logs"
             );
             let manifest = plan.backup.clone();
@@ -584,7 +596,7 @@ async fn plan_restore(restore: &Restore, tool: &BackupTool) -> Result<(Store, Ma
                 programs,
                 defaults_file: restore.replay.clone(),
             };
-            (manifest, Some((plan, replay)))
+            (manifest, Some((decided, replay)))
         }
     };
     let server = ServerVersion::parse(&manifest.server.version)?;
