@@ -721,4 +721,98 @@ mod tests {
         };
         assert!(reason.contains("start over at b.000001"), "{reason}");
     }
+
+    /// The layout round-trips through a mounted directory (`file://`), the other store kind.
+    #[tokio::test]
+    async fn a_timeline_round_trips_through_a_directory_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &format!("file://{}", dir.path().display()).parse().unwrap(),
+            &crate::store::S3Settings::default(),
+            true,
+        )
+        .unwrap();
+        assert!(timelines(&store).await.unwrap().is_empty());
+        let name = timeline_name(1_764_680_400, "0123456789abcdef");
+        let info = TimelineInfo {
+            format: FORMAT,
+            name: name.clone(),
+            begins_at: rfc3339(1_764_680_000),
+            first_file: "b.000001".into(),
+            first_digest: Some("0123456789abcdef".into()),
+            start_state: Some("0-100-7".into()),
+            server_id: 100,
+            server_version: "10.11.19-MariaDB-log".into(),
+            created_at: rfc3339(1_764_680_400),
+            previous: None,
+            reason: "the first archived history of this store".into(),
+            compression: "zstd level 1".into(),
+            recipients: None,
+        };
+        write_info(&store, &info).await.unwrap();
+        let head = FileHead {
+            file: "b.000001".into(),
+            created: 1_764_680_000,
+            created_at: rfc3339(1_764_680_000),
+            gtid_list: Some("0-100-7".into()),
+            server_id: 100,
+            server_version: "10.11.19-MariaDB-log".into(),
+            digest: "0123456789abcdef".into(),
+            header_end: 299,
+        };
+        write_head(&store, &name, &head).await.unwrap();
+        for segment in [
+            Segment {
+                start: 0,
+                end: 10,
+                last: false,
+                encrypted: false,
+            },
+            Segment {
+                start: 10,
+                end: 25,
+                last: true,
+                encrypted: false,
+            },
+        ] {
+            put_segment(&store, &name, "b.000001", &segment, vec![1, 2, 3])
+                .await
+                .unwrap();
+        }
+        write_progress(
+            &store,
+            &name,
+            &Progress {
+                file: "b.000001".into(),
+                offset: 25,
+                checked_at: rfc3339(1_764_680_500),
+            },
+        )
+        .await
+        .unwrap();
+        // Something that is not the archive's, left alone.
+        std::fs::create_dir_all(dir.path().join("binlogs/not-a-timeline")).unwrap();
+        std::fs::write(dir.path().join("binlogs/not-a-timeline/x"), "x").unwrap();
+        assert_eq!(
+            timelines(&store).await.unwrap(),
+            std::slice::from_ref(&name)
+        );
+        let timeline = load(&store, &name).await.unwrap();
+        assert_eq!(timeline.info, info);
+        assert_eq!(timeline.progress.as_ref().unwrap().offset, 25);
+        assert_eq!(timeline.files.len(), 1);
+        assert_eq!(timeline.files[0].head.as_ref(), Some(&head));
+        let (file, end, complete) = timeline.last().unwrap().unwrap();
+        assert_eq!((file.name.as_str(), end, complete), ("b.000001", 25, true));
+        let segment = timeline.files[0].segments[1];
+        let bytes = get_segment(&store, &name, "b.000001", &segment, 3)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], [1, 2, 3]);
+        assert!(
+            get_segment(&store, &name, "b.000001", &segment, 2)
+                .await
+                .is_err()
+        );
+    }
 }
