@@ -210,12 +210,25 @@ pub struct ArchivedFile {
 }
 
 impl ArchivedFile {
-    /// The end of the bytes archived without a hole from offset 0, and whether that end is the
-    /// file's end; an error names the first hole.
-    pub fn archived_end(&self) -> Result<(u64, bool)> {
+    /// The segments that make up the file, in order: where two share a start (a PUT the
+    /// client saw fail but the store kept, then written again longer), the longest, a final
+    /// one first; an error names the first hole.
+    pub fn chain(&self) -> Result<Vec<Segment>> {
+        let mut chain: Vec<Segment> = Vec::new();
+        for segment in &self.segments {
+            if let Some(prev) = chain.last_mut()
+                && prev.start == segment.start
+            {
+                if (segment.end, segment.last) > (prev.end, prev.last) {
+                    *prev = *segment;
+                }
+                continue;
+            }
+            chain.push(*segment);
+        }
         let mut end = 0;
         let mut last = false;
-        for segment in &self.segments {
+        for segment in &chain {
             ensure!(
                 !last,
                 "{}: a segment after its final one ({})",
@@ -231,7 +244,13 @@ impl ArchivedFile {
             end = segment.end;
             last = segment.last;
         }
-        Ok((end, last))
+        Ok(chain)
+    }
+
+    /// The end of the bytes archived without a hole from offset 0, and whether that end is the
+    /// file's end; an error names the first hole.
+    pub fn archived_end(&self) -> Result<(u64, bool)> {
+        Ok(self.chain()?.last().map_or((0, false), |s| (s.end, s.last)))
     }
 }
 
@@ -659,6 +678,14 @@ mod tests {
             segments: vec![seg(0, 100, false), seg(100, 250, true)],
         };
         assert_eq!(file.archived_end().unwrap(), (250, true));
+        // A segment stored twice from one start: the longer one counts.
+        file.segments = vec![
+            seg(0, 100, false),
+            seg(100, 180, false),
+            seg(100, 250, true),
+        ];
+        assert_eq!(file.archived_end().unwrap(), (250, true));
+        assert_eq!(file.chain().unwrap().len(), 2);
         file.segments = vec![seg(0, 100, false), seg(120, 250, false)];
         let msg = format!("{:#}", file.archived_end().unwrap_err());
         assert!(msg.contains("bytes 100..120 are missing"), "{msg}");

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::archive::{
-    self, FileHead, LastArchived, Progress, Resume, Segment, ServerLog, TimelineInfo,
+    self, FileHead, LastArchived, Progress, Resume, Segment, ServerLog, Timeline, TimelineInfo,
 };
 use crate::binlog;
 use crate::errors::report;
@@ -279,14 +279,20 @@ impl Archiver {
                 });
             }
         }
-        let last = match latest.as_ref() {
-            Some(t) => t.last()?.map(|(file, end, complete)| LastArchived {
+        // A last file whose segments do not follow one another is never appended to: a new
+        // timeline begins, saying why.
+        let broken = match latest.as_ref().map(Timeline::last) {
+            Some(Err(e)) => Some(format!("{e:#}")),
+            _ => None,
+        };
+        let last = match latest.as_ref().map(Timeline::last) {
+            Some(Ok(Some((file, end, complete)))) => Some(LastArchived {
                 file: file.name.clone(),
                 end,
                 complete,
                 digest: file.head.as_ref().map(|h| h.digest.clone()),
             }),
-            None => None,
+            _ => None,
         };
         let server_head = match &last {
             Some(last) if logs.iter().any(|l| l.name == last.file) => {
@@ -295,7 +301,13 @@ impl Archiver {
             _ => None,
         };
         let server_digest = server_head.as_ref().map(|h| h.digest.as_str());
-        let reason = match archive::decide(last.as_ref(), logs, server_digest) {
+        let decided = match broken {
+            Some(why) => Resume::NewTimeline {
+                reason: format!("the archive's last file cannot be continued: {why}"),
+            },
+            None => archive::decide(last.as_ref(), logs, server_digest),
+        };
+        let reason = match decided {
             Resume::At { file, offset } => {
                 let timeline = latest.expect("decide continues only a timeline").info.name;
                 let continuing = last.as_ref().filter(|l| l.file == file);

@@ -326,9 +326,16 @@ fn plan_in(
                 continue;
             }
         };
-        let first_file =
-            first_file(timeline, &from).with_context(|| format!("backup {}", backup.name))?;
-        archive::check_continuous(timeline, first_file)?;
+        // A backup this timeline cannot serve is passed over, not the whole plan.
+        let first_file = match first_file(timeline, &from)
+            .and_then(|i| archive::check_continuous(timeline, i).map(|()| i))
+        {
+            Ok(i) => i,
+            Err(e) => {
+                rejected.push(format!("{}: {e:#}", backup.name));
+                continue;
+            }
+        };
         found.push(Plan {
             target: target.clone(),
             timeline: timeline.clone(),
@@ -608,6 +615,8 @@ pub struct ArchivedFileReader {
     store: Store,
     timeline: String,
     file: ArchivedFile,
+    /// The file's segments in order ([`ArchivedFile::chain`]).
+    segments: Vec<archive::Segment>,
     identities: Option<Arc<Identities>>,
     next: usize,
     current: Option<(Box<dyn Read + Send>, u64)>,
@@ -620,13 +629,15 @@ impl ArchivedFileReader {
         file: &ArchivedFile,
         identities: Option<Arc<Identities>>,
     ) -> Result<Self> {
-        file.archived_end()
+        let segments = file
+            .chain()
             .with_context(|| format!("timeline {timeline}"))?;
         Ok(Self {
             handle: tokio::runtime::Handle::current(),
             store: store.clone(),
             timeline: timeline.to_owned(),
             file: file.clone(),
+            segments,
             identities,
             next: 0,
             current: None,
@@ -634,7 +645,7 @@ impl ArchivedFileReader {
     }
 
     fn open_next(&mut self) -> Result<bool> {
-        let Some(segment) = self.file.segments.get(self.next).copied() else {
+        let Some(segment) = self.segments.get(self.next).copied() else {
             return Ok(false);
         };
         self.next += 1;
@@ -722,6 +733,7 @@ pub async fn decide(
     identities: Option<Arc<Identities>>,
 ) -> Result<Decided> {
     let mut passed = Vec::new();
+    let mut first_error: Option<anyhow::Error> = None;
     for plan in candidates {
         match scan(&plan, store, identities.clone()).await {
             Ok(range) => return Ok(Decided { plan, range }),
@@ -729,15 +741,20 @@ pub async fn decide(
                 warn!(backup = %plan.backup.name, reason = %format!("{e:#}"), "this backup is past the target; trying an older one");
                 passed.push(format!("{}: {e:#}", plan.backup.name));
             }
+            // Another candidate (an older timeline, for a GTID target) may still serve.
             Err(e) => {
-                return Err(match &plan.gap {
+                let e = match &plan.gap {
                     Some(gap) => e.context(gap.clone()),
                     None => e,
-                });
+                };
+                first_error.get_or_insert(e);
             }
         }
     }
-    bail!("no backup stands before the target: {}", passed.join("; "))
+    match first_error {
+        Some(e) => Err(e),
+        None => bail!("no backup stands before the target: {}", passed.join("; ")),
+    }
 }
 
 /// The range of `plan`'s timeline to replay, found by reading its files from the store.
@@ -747,6 +764,11 @@ async fn scan(plan: &Plan, store: &Store, identities: Option<Arc<Identities>>) -
     tokio::task::spawn_blocking(move || -> Result<Range> {
         let mut scanner = Scanner::new(plan.target.clone(), plan.from.clone());
         for (i, file) in plan.timeline.files[plan.first_file..].iter().enumerate() {
+            // The newest file may have its head stored and no byte yet (it was just opened):
+            // the archive ends before it.
+            if file.archived_end()?.0 == 0 {
+                break;
+            }
             let input = std::io::BufReader::with_capacity(
                 1 << 20,
                 ArchivedFileReader::new(
@@ -797,10 +819,16 @@ pub async fn replay(
     let files =
         &plan.timeline.files[plan.first_file + range.start.0..=plan.first_file + range.stop.0];
     let mut paths = Vec::new();
-    for file in files {
+    for (i, file) in files.iter().enumerate() {
         if cancel.is_cancelled() {
             bail!(crate::errors::Interrupted);
         }
+        // The last file only up to the stop: what follows it was never read while planning.
+        let limit = if i + 1 == files.len() {
+            range.stop.1
+        } else {
+            u64::MAX
+        };
         let path = dir.join(&file.name);
         let (store, timeline, file, identities, to) = (
             store.clone(),
@@ -810,7 +838,8 @@ pub async fn replay(
             path.clone(),
         );
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut input = ArchivedFileReader::new(&store, &timeline, &file, identities)?;
+            let mut input =
+                ArchivedFileReader::new(&store, &timeline, &file, identities)?.take(limit);
             let mut out =
                 std::fs::File::create(&to).with_context(|| format!("creating {}", to.display()))?;
             std::io::copy(&mut input, &mut out)
@@ -889,7 +918,7 @@ async fn replay_in(
         pipe_binlogs(replay, files, range, &socket, cancel).await
     }
     .await;
-    let stopped = stop_server(&mut server, &socket).await;
+    let stopped = stop_server(&mut server).await;
     if let Err(e) = result {
         return Err(e.context(format!("the replay server's log ends with: {}", tail(&log))));
     }
@@ -1025,19 +1054,10 @@ async fn pipe_binlogs(
     }
 }
 
-async fn stop_server(server: &mut Supervised, socket: &Path) -> Result<()> {
-    use mysql_async::prelude::Queryable;
-    let opts = mysql_async::OptsBuilder::default()
-        .socket(Some(socket.display().to_string()))
-        .user(Some("mysql-agent-replay"))
-        .prefer_socket(true);
-    if let Ok(Ok(mut conn)) =
-        tokio::time::timeout(crate::mysql::CONNECT_TIMEOUT, mysql_async::Conn::new(opts)).await
-    {
-        let _ = tokio::time::timeout(QUERY_TIMEOUT, conn.query_drop("SHUTDOWN")).await;
-    } else {
-        server.terminate();
-    }
+/// Stops the replay server with SIGTERM, its clean shutdown: once the client's session has
+/// loaded the grant tables, no other session could log in to ask it.
+async fn stop_server(server: &mut Supervised) -> Result<()> {
+    server.terminate();
     match tokio::time::timeout(SERVER_STOP_TIMEOUT, server.wait()).await {
         Ok(finished) => {
             let finished = finished?;
@@ -1350,5 +1370,59 @@ mod tests {
             (p.backup.name.as_str(), p.timeline.info.name.as_str()),
             ("b1", "20000101T000000Z-aaaaaaaa")
         );
+    }
+
+    /// The whole path through a store: segments packed as the archiver packs them, read back
+    /// by [`decide`]; the newest file, opened and not yet written to, ends the archive.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn decide_reads_the_archive_through_the_store() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &format!("file://{}", dir.path().display()).parse().unwrap(),
+            &crate::store::S3Settings::default(),
+            true,
+        )
+        .unwrap();
+        let (a, _) = two_files();
+        let mut tl = timeline("20000101T000000Z-aaaaaaaa", 1000, 2000, "0-100-2", "first");
+        let name = tl.info.name.clone();
+        // b.000001 in two segments, the second final; b.000002 with its head only.
+        let cut = 300u64;
+        let mut segments = Vec::new();
+        for (start, end, last) in [(0, cut, false), (cut, a.len() as u64, true)] {
+            let segment = archive::Segment {
+                start,
+                end,
+                last,
+                encrypted: false,
+            };
+            let mut packer = crate::packing::Packer::new(Vec::new(), 1, None).unwrap();
+            packer.write_all(&a[start as usize..end as usize]).unwrap();
+            archive::put_segment(
+                &store,
+                &name,
+                "b.000001",
+                &segment,
+                packer.finish().unwrap(),
+            )
+            .await
+            .unwrap();
+            segments.push(segment);
+        }
+        tl.files[0].segments = segments;
+        let mut opened = tl.files[0].clone();
+        opened.name = "b.000002".into();
+        opened.segments.clear();
+        if let Some(head) = opened.head.as_mut() {
+            head.gtid_list = Some("0-100-5".into());
+        }
+        tl.files.push(opened);
+        let backups = vec![backup("b1", 1001, "0-100-3")];
+        let candidates = candidates(&at(1500), &[tl], &backups).unwrap();
+        let decided = decide(candidates, &store, None).await.unwrap();
+        assert_eq!(decided.range.transactions, 2);
+        assert_eq!(decided.range.last_gtid, Some(g("0-100-5")));
+        assert_eq!(decided.range.stop, (0, a.len() as u64));
     }
 }
