@@ -43,6 +43,25 @@ pub mod kind {
 /// MariaDB's GTID event flag: a statement outside any transaction (DDL), one event long.
 const FL_STANDALONE: u8 = 1;
 
+/// The file ends inside an event: written no further (a crash of mysqld mid-write leaves
+/// such a tail in the file it was writing; the transaction was never committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Torn {
+    pub at: u64,
+}
+
+impl fmt::Display for Torn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the binary log ends inside the event at offset {}",
+            self.at
+        )
+    }
+}
+
+impl std::error::Error for Torn {}
+
 /// One MariaDB GTID: domain, the server that wrote it, sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Gtid {
@@ -235,10 +254,7 @@ impl<R: Read> EventReader<R> {
         while filled < HEADER_LEN {
             match self.input.read(&mut head[filled..]) {
                 Ok(0) if filled == 0 => return Ok(None),
-                Ok(0) => bail!(
-                    "the binary log ends inside an event header at offset {}",
-                    self.offset
-                ),
+                Ok(0) => return Err(anyhow::Error::new(Torn { at: self.offset })),
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -268,10 +284,9 @@ impl<R: Read> EventReader<R> {
             .take(want)
             .read_to_end(&mut self.body)
             .with_context(|| format!("reading the event at offset {at}"))?;
-        ensure!(
-            got as u64 == want,
-            "the binary log ends inside the event at offset {at}"
-        );
+        if got as u64 != want {
+            return Err(anyhow::Error::new(Torn { at }));
+        }
         self.offset = end;
         if header.kind == kind::FORMAT_DESCRIPTION {
             // Its own checksum is present when the algorithm byte says so (it sits before
@@ -392,21 +407,38 @@ struct Open {
     transaction: bool,
 }
 
+/// What [`scan_groups`] found in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    pub start: FileStart,
+    /// The offset after the last complete group (or the header's end): bytes past it belong
+    /// to a transaction the file does not finish.
+    pub complete_end: u64,
+    /// Where the file ends inside an event, if it does ([`Torn`]).
+    pub torn_at: Option<u64>,
+}
+
 /// Reads a whole file and calls `each` with every complete transaction, in order, until it
-/// returns `false`. Returns the file's start and the offset after the last complete group (or
-/// the header's end): bytes past it belong to a transaction the file does not finish.
-pub fn scan_groups(
-    input: impl Read,
-    mut each: impl FnMut(&Group) -> bool,
-) -> Result<(FileStart, u64)> {
+/// returns `false`. A file that ends inside an event ends there ([`Scanned::torn_at`]);
+/// anything else wrong with it is an error.
+pub fn scan_groups(input: impl Read, mut each: impl FnMut(&Group) -> bool) -> Result<Scanned> {
     let mut reader = EventReader::new(input)?;
     let mut start: Option<FileStart> = None;
     let mut complete_end = 0u64;
     let mut open: Option<Open> = None;
+    let mut torn_at = None;
     loop {
         let at = reader.offset();
-        let Some(header) = reader.next_event()? else {
-            break;
+        let header = match reader.next_event() {
+            Ok(Some(header)) => header,
+            Ok(None) => break,
+            Err(e) => match e.downcast_ref::<Torn>() {
+                Some(torn) if start.is_some() => {
+                    torn_at = Some(torn.at);
+                    break;
+                }
+                _ => return Err(e),
+            },
         };
         let end = reader.offset();
         let checksum = reader.checksum();
@@ -521,7 +553,11 @@ pub fn scan_groups(
         }
     }
     let start = start.context("the binary log holds no format description")?;
-    Ok((start, complete_end))
+    Ok(Scanned {
+        start,
+        complete_end,
+        torn_at,
+    })
 }
 
 #[cfg(test)]
@@ -647,13 +683,18 @@ pub mod tests {
         assert_eq!(start.gtid_list, Some(GtidPos::parse("0-100-2").unwrap()));
         assert_eq!(start.server_version, "10.11.19-MariaDB-log");
         let mut groups = Vec::new();
-        let (again, end) = scan_groups(&log.bytes[..], |g| {
+        let Scanned {
+            start: again,
+            complete_end: end,
+            torn_at,
+        } = scan_groups(&log.bytes[..], |g| {
             groups.push(g.clone());
             true
         })
         .unwrap();
         assert_eq!(again, start);
         assert_eq!(end, log.bytes.len() as u64);
+        assert_eq!(torn_at, None);
         let seen: Vec<(String, u32)> = groups
             .iter()
             .map(|g| (g.gtid.unwrap().to_string(), g.commit_time))
@@ -673,14 +714,20 @@ pub mod tests {
         // A transaction cut short (the open file's tail) is not a group.
         let whole = log.bytes.len();
         log.transaction(1006, 1007, 0, 6);
+        // A file torn inside an event (mysqld killed mid-write) ends where it was torn.
         let cut = &log.bytes[..log.bytes.len() - 10];
+        let torn = scan_groups(cut, |_| true).unwrap();
+        assert_eq!(torn.complete_end, whole as u64);
+        let xid_at = (log.bytes.len() - (HEADER_LEN + 8 + 4)) as u64;
+        assert_eq!(torn.torn_at, Some(xid_at));
+        // Torn inside a header, too.
+        let torn = scan_groups(&log.bytes[..xid_at as usize + 5], |_| true).unwrap();
+        assert_eq!(torn.torn_at, Some(xid_at));
         let mut n = 0;
-        assert!(
-            scan_groups(cut, |_| true).is_err(),
-            "a cut event is an error"
-        );
         let last_event_start = whole + (log.bytes.len() - whole) - (HEADER_LEN + 8 + 4);
-        let (_, end) = scan_groups(&log.bytes[..last_event_start], |_| {
+        let Scanned {
+            complete_end: end, ..
+        } = scan_groups(&log.bytes[..last_event_start], |_| {
             n += 1;
             true
         })
@@ -694,11 +741,16 @@ pub mod tests {
     fn a_real_mariadb_log_reads() {
         let bytes = include_bytes!("../tests/fixtures/mariadb-10.11-bin.000001");
         let mut groups = Vec::new();
-        let (start, end) = scan_groups(&bytes[..], |g| {
+        let Scanned {
+            start,
+            complete_end: end,
+            torn_at,
+        } = scan_groups(&bytes[..], |g| {
             groups.push(g.clone());
             true
         })
         .unwrap();
+        assert_eq!(torn_at, None);
         assert_eq!(start.server_id, 100);
         assert!(start.checksum);
         assert!(start.server_version.starts_with("10.11."), "{start:?}");

@@ -404,6 +404,8 @@ pub struct Range {
     /// The last transaction replayed, for the log.
     pub last_gtid: Option<Gtid>,
     pub last_time: Option<u32>,
+    /// Files torn inside an event (a crash of mysqld mid-write): read only to the offset.
+    pub cut: Vec<(usize, u64)>,
 }
 
 /// Finds the range to replay while files are scanned in order: [`Scanner::file`] for each,
@@ -421,6 +423,8 @@ pub struct Scanner {
     end: (usize, u64),
     /// The backup itself stands at the GTID target: nothing to read.
     at_target: bool,
+    /// Files torn inside an event, and where their whole transactions end.
+    cut: Vec<(usize, u64)>,
 }
 
 impl Scanner {
@@ -429,6 +433,7 @@ impl Scanner {
             matches!((&target, &from), (Target::Gtid(g), From::Gtid(pos)) if pos.contains(g));
         Self {
             at_target,
+            cut: Vec::new(),
             target,
             from,
             start: None,
@@ -446,17 +451,22 @@ impl Scanner {
             return Ok(true);
         }
         let mut failure = None;
-        let (start_info, complete_end) =
-            binlog::scan_groups(input, |g| match self.group(index, name, g) {
-                Ok(go_on) => go_on,
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            })
-            .with_context(|| format!("reading {name}"))?;
+        let scanned = binlog::scan_groups(input, |g| match self.group(index, name, g) {
+            Ok(go_on) => go_on,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        })
+        .with_context(|| format!("reading {name}"))?;
         if let Some(e) = failure {
             return Err(e);
+        }
+        let (start_info, complete_end) = (scanned.start, scanned.complete_end);
+        // A file torn by a crash of mysqld ends with its last whole transaction: the replay
+        // reads it only that far.
+        if scanned.torn_at.is_some() {
+            self.cut.push((index, complete_end));
         }
         if self.stop.is_none() {
             self.end = (index, complete_end);
@@ -543,6 +553,7 @@ impl Scanner {
                 transactions: 0,
                 last_gtid: None,
                 last_time: None,
+                cut: Vec::new(),
             });
         }
         let stop = match (self.stop, &self.target) {
@@ -560,6 +571,7 @@ impl Scanner {
             transactions: self.transactions,
             last_gtid: self.last_gtid,
             last_time: self.last_time,
+            cut: self.cut,
         })
     }
 }
@@ -823,12 +835,23 @@ pub async fn replay(
         if cancel.is_cancelled() {
             bail!(crate::errors::Interrupted);
         }
-        // The last file only up to the stop: what follows it was never read while planning.
-        let limit = if i + 1 == files.len() {
+        // The last file only up to the stop: what follows it was never read while planning;
+        // a torn file only to its last whole transaction.
+        let index = range.start.0 + i;
+        let torn = range
+            .cut
+            .iter()
+            .find(|(f, _)| *f == index)
+            .map(|(_, end)| *end);
+        if let Some(end) = torn {
+            warn!(file = %file.name, end, "this binary log was torn inside an event (a crash of mysqld mid-write): read up to its last whole transaction");
+        }
+        let stop = if i + 1 == files.len() {
             range.stop.1
         } else {
             u64::MAX
         };
+        let limit = stop.min(torn.unwrap_or(u64::MAX));
         let path = dir.join(&file.name);
         let (store, timeline, file, identities, to) = (
             store.clone(),
@@ -1147,6 +1170,7 @@ mod tests {
             transactions: 1,
             last_gtid: None,
             last_time: None,
+            cut: Vec::new(),
         };
         let cancel = CancellationToken::new();
         let err = tokio::time::timeout(
@@ -1231,6 +1255,28 @@ mod tests {
             scan(Target::Gtid(g("0-7-6")), pos("0-100-4")).unwrap_err()
         );
         assert!(msg.contains("goes on with 0-100-6"), "{msg}");
+    }
+
+    /// A file torn by a crash of mysqld (its last transaction cut inside an event) ends with
+    /// its last whole transaction, and the history goes on in the next file.
+    #[test]
+    fn a_torn_file_ends_at_its_last_whole_transaction() {
+        let (a, b) = two_files();
+        let whole = a.len() as u64;
+        // The first file again, with a transaction begun and cut inside its XID event.
+        let mut log = LogBuilder::new(1000, 100, &[g("0-100-2")]);
+        log.transaction(1001, 1001, 0, 3)
+            .transaction(1003, 1003, 0, 4)
+            .ddl(1005, 0, 5)
+            .transaction(1005, 1005, 0, 6);
+        assert!(log.bytes.starts_with(&a));
+        let torn = &log.bytes[..log.bytes.len() - 10];
+        let mut s = Scanner::new(at(5000), From::Gtid(GtidPos::parse("0-100-2").unwrap()));
+        assert!(!s.file(0, "b.000001", torn).unwrap());
+        s.file(1, "b.000002", &b[..]).unwrap();
+        let r = s.finish().unwrap();
+        assert_eq!(r.transactions, 6);
+        assert_eq!(r.cut, [(0, whole)]);
     }
 
     #[test]
