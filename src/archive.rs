@@ -753,12 +753,7 @@ mod tests {
     #[tokio::test]
     async fn a_timeline_round_trips_through_a_directory_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            &format!("file://{}", dir.path().display()).parse().unwrap(),
-            &crate::store::S3Settings::default(),
-            true,
-        )
-        .unwrap();
+        let store = Store::in_dir(dir.path());
         assert!(timelines(&store).await.unwrap().is_empty());
         let name = timeline_name(1_764_680_400, "0123456789abcdef");
         let info = TimelineInfo {

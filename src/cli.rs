@@ -393,6 +393,33 @@ pub struct ProgressArgs {
     pub progress_interval: Duration,
 }
 
+/// How what is stored (backups, archived binary logs) is packed.
+#[derive(Debug, Clone, Args)]
+pub struct PackingArgs {
+    /// zstd compression level of what is stored: 1 (fast) to 19 (small); negative levels
+    /// (down to -7) are zstd's faster, larger ones, for a host short of CPU
+    #[arg(long, env = "MYSQL_AGENT_COMPRESSION_LEVEL", value_name = "N", default_value_t = packing::DEFAULT_LEVEL,
+          value_parser = clap::value_parser!(i32).range(-7..=19), allow_negative_numbers = true)]
+    pub compression_level: i32,
+
+    /// Encrypt what is stored with age to the public key(s) in this file (age1… lines):
+    /// whoever holds only this file cannot read it
+    #[arg(long, env = "MYSQL_AGENT_AGE_RECIPIENT_FILE", value_name = "PATH")]
+    pub age_recipient_file: Option<PathBuf>,
+}
+
+impl PackingArgs {
+    fn recipients(&self) -> Result<Option<Recipients>> {
+        self.age_recipient_file
+            .as_deref()
+            .map(|path| {
+                Recipients::from_file(path)
+                    .with_context(|| format!("--age-recipient-file {}", path.display()))
+            })
+            .transpose()
+    }
+}
+
 impl ProgressArgs {
     fn interval(&self) -> Duration {
         self.progress_interval.max(Duration::from_millis(100))
@@ -536,16 +563,8 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub secret: SecretArgs,
 
-    /// zstd compression level: 1 (fast) to 19 (small); negative levels (down to -7) are
-    /// zstd's faster, larger ones, for a backup host short of CPU
-    #[arg(long, env = "MYSQL_AGENT_COMPRESSION_LEVEL", value_name = "N", default_value_t = packing::DEFAULT_LEVEL,
-          value_parser = clap::value_parser!(i32).range(-7..=19), allow_negative_numbers = true)]
-    pub compression_level: i32,
-
-    /// Encrypt the backup with age to the public key(s) in this file (age1… lines): whoever
-    /// holds only this file cannot read the backups it writes
-    #[arg(long, env = "MYSQL_AGENT_AGE_RECIPIENT_FILE", value_name = "PATH")]
-    pub age_recipient_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub packing: PackingArgs,
 
     /// After a backup, keep this many complete backups and remove older ones (and leftovers
     /// of attempts that never finished, once a day old) [default: keep everything]
@@ -586,15 +605,8 @@ impl BackupArgs {
             tls: self.secret.tls()?,
             tool: self.tool.backup_tool,
             require_end_marker: self.require_end_marker,
-            level: self.compression_level,
-            recipients: self
-                .age_recipient_file
-                .as_deref()
-                .map(|path| {
-                    Recipients::from_file(path)
-                        .with_context(|| format!("--age-recipient-file {}", path.display()))
-                })
-                .transpose()?,
+            level: self.packing.compression_level,
+            recipients: self.packing.recipients()?,
             keep: self.keep.map(|k| k as usize),
             progress_interval: self.progress.interval(),
         })
@@ -752,14 +764,8 @@ pub struct ServeBackupArgs {
           value_parser = humantime::parse_duration)]
     pub binlog_archive_interval: Duration,
 
-    /// zstd level of the archived binary logs (as backup's --compression-level)
-    #[arg(long, env = "MYSQL_AGENT_COMPRESSION_LEVEL", value_name = "N", default_value_t = packing::DEFAULT_LEVEL,
-          value_parser = clap::value_parser!(i32).range(-7..=19), allow_negative_numbers = true)]
-    pub compression_level: i32,
-
-    /// Encrypt the archived binary logs with age to the public key(s) in this file
-    #[arg(long, env = "MYSQL_AGENT_AGE_RECIPIENT_FILE", value_name = "PATH")]
-    pub age_recipient_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub packing: PackingArgs,
 
     #[command(flatten)]
     pub progress: ProgressArgs,
@@ -829,15 +835,8 @@ impl ServeBackupArgs {
                 Some(location) => Some(archiver::Config {
                     location,
                     s3: S3Settings::from_env(),
-                    recipients: self
-                        .age_recipient_file
-                        .as_deref()
-                        .map(|path| {
-                            Recipients::from_file(path)
-                                .with_context(|| format!("--age-recipient-file {}", path.display()))
-                        })
-                        .transpose()?,
-                    compression_level: self.compression_level,
+                    recipients: self.packing.recipients()?,
+                    compression_level: self.packing.compression_level,
                     interval: self.binlog_archive_interval.max(Duration::from_secs(1)),
                 }),
             },

@@ -1424,12 +1424,7 @@ mod tests {
     async fn decide_reads_the_archive_through_the_store() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            &format!("file://{}", dir.path().display()).parse().unwrap(),
-            &crate::store::S3Settings::default(),
-            true,
-        )
-        .unwrap();
+        let store = Store::in_dir(dir.path());
         let (a, _) = two_files();
         let mut tl = timeline("20000101T000000Z-aaaaaaaa", 1000, 2000, "0-100-2", "first");
         let name = tl.info.name.clone();

@@ -243,6 +243,19 @@ impl Store {
     pub fn root(&self) -> &ObjectPath {
         &self.prefix
     }
+
+    /// A `file://` store in `dir`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn in_dir(dir: &std::path::Path) -> Self {
+        Store::open(
+            &Location::File {
+                dir: dir.to_owned(),
+            },
+            &S3Settings::default(),
+            true,
+        )
+        .expect("a directory store opens")
+    }
 }
 
 #[cfg(test)]

@@ -213,6 +213,41 @@ async fn restore_primary_with(
     (cluster, cloned)
 }
 
+/// An archiving cluster (see [`archiving_cluster_with`]) holding rows 1-10 on both pods, and
+/// a backup of them in the store.
+async fn backed_up_cluster(
+    (service, subnet): (&str, u8),
+    s3: &S3Server,
+    url: &str,
+    sidecar_extra: &[&str],
+) -> Cluster {
+    let cluster = archiving_cluster_with(service, subnet, s3, url, sidecar_extra).await;
+    insert(cluster.primary(), 1, 10).await;
+    cluster
+        .wait_replicated("shop.orders", 10, CATCH_UP)
+        .await
+        .unwrap();
+    backup(s3, &cluster, url).await;
+    cluster
+}
+
+/// A new cluster's mysql-0 restored to `until`, started: the ids it holds. The restore must
+/// succeed (its log is shown when not); the cluster is stopped afterwards.
+async fn restored_ids(
+    (service, subnet): (&str, u8),
+    s3: &S3Server,
+    url: &str,
+    until: &str,
+    extra: &[&str],
+) -> Vec<u32> {
+    let (mut cluster, cloned) = restore_primary_with(service, subnet, s3, url, until, extra).await;
+    cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&cluster.pod(0).log("clone"))));
+    cluster.pod_mut(0).start_mysqld().await.unwrap();
+    let ids = ids(cluster.primary()).await;
+    cluster.stop().await.unwrap();
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_primary_holds_exactly_the_writes_before_the_target() {
     let s3 = garage("pitr1", 81).await;
@@ -306,12 +341,10 @@ async fn a_new_primary_holds_exactly_the_writes_before_the_target() {
         ..last
     }
     .to_string();
-    let (mut by_gtid, cloned) = restore_primary("pt1c", 83, &s3, &url, &through).await;
-    let log = read(&by_gtid.pod(0).log("clone"));
-    cloned.unwrap_or_else(|e| panic!("{e}\n{log}"));
-    by_gtid.pod_mut(0).start_mysqld().await.unwrap();
-    assert_eq!(ids(by_gtid.primary()).await, (1..=55).collect::<Vec<_>>());
-    by_gtid.stop().await.unwrap();
+    assert_eq!(
+        restored_ids(("pt1c", 83), &s3, &url, &through, &[]).await,
+        (1..=55).collect::<Vec<_>>()
+    );
     s3.stop().await.unwrap();
 }
 
@@ -319,13 +352,7 @@ async fn a_new_primary_holds_exactly_the_writes_before_the_target() {
 async fn a_killed_archiver_resumes_with_no_gap() {
     let s3 = garage("pitr2", 84).await;
     let url = s3.url("prod");
-    let mut source = archiving_cluster("pt2a", 84, &s3, &url).await;
-    insert(source.primary(), 1, 10).await;
-    source
-        .wait_replicated("shop.orders", 10, CATCH_UP)
-        .await
-        .unwrap();
-    backup(&s3, &source, &url).await;
+    let mut source = backed_up_cluster(("pt2a", 84), &s3, &url, &[]).await;
     let before = wait_archived(&s3, &url, &target_now().await).await;
     // Writes going on while the sidecar is killed, across a file rotation, then it restarts.
     let writer = {
@@ -363,12 +390,10 @@ async fn a_killed_archiver_resumes_with_no_gap() {
     );
     source.stop().await.unwrap();
 
-    let (mut rebuilt, cloned) = restore_primary("pt2b", 85, &s3, &url, &target).await;
-    let log = read(&rebuilt.pod(0).log("clone"));
-    cloned.unwrap_or_else(|e| panic!("{e}\n{log}"));
-    rebuilt.pod_mut(0).start_mysqld().await.unwrap();
-    assert_eq!(ids(rebuilt.primary()).await, (1..=400).collect::<Vec<_>>());
-    rebuilt.stop().await.unwrap();
+    assert_eq!(
+        restored_ids(("pt2b", 85), &s3, &url, &target, &[]).await,
+        (1..=400).collect::<Vec<_>>()
+    );
     s3.stop().await.unwrap();
 }
 
@@ -399,13 +424,7 @@ async fn purge_to(pod: &Pod, current: &str) {
 async fn a_gap_starts_a_new_timeline_and_no_restore_crosses_it() {
     let s3 = garage("pitr3", 86).await;
     let url = s3.url("prod");
-    let mut source = archiving_cluster("pt3a", 86, &s3, &url).await;
-    insert(source.primary(), 1, 10).await;
-    source
-        .wait_replicated("shop.orders", 10, CATCH_UP)
-        .await
-        .unwrap();
-    backup(&s3, &source, &url).await;
+    let mut source = backed_up_cluster(("pt3a", 86), &s3, &url, &[]).await;
     let before_gap = target_now().await;
     wait_archived(&s3, &url, &before_gap).await;
     // The archiver is away while the server writes and purges what it never archived.
@@ -466,21 +485,19 @@ async fn a_gap_starts_a_new_timeline_and_no_restore_crosses_it() {
         cluster.stop().await.unwrap();
     }
     // Before the gap the old timeline still restores; after it, a backup of the new one does.
-    let (mut old, cloned) = restore_primary("pt3d", 89, &s3, &url, &before_gap).await;
-    cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&old.pod(0).log("clone"))));
-    old.pod_mut(0).start_mysqld().await.unwrap();
-    assert_eq!(ids(old.primary()).await, (1..=10).collect::<Vec<_>>());
-    old.stop().await.unwrap();
+    assert_eq!(
+        restored_ids(("pt3d", 89), &s3, &url, &before_gap, &[]).await,
+        (1..=10).collect::<Vec<_>>()
+    );
     backup(&s3, &source, &url).await;
     insert(source.primary(), 31, 40).await;
     let later = target_now().await;
     wait_archived(&s3, &url, &later).await;
     source.stop().await.unwrap();
-    let (mut new, cloned) = restore_primary("pt3e", 90, &s3, &url, &later).await;
-    cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&new.pod(0).log("clone"))));
-    new.pod_mut(0).start_mysqld().await.unwrap();
-    assert_eq!(ids(new.primary()).await, (1..=40).collect::<Vec<_>>());
-    new.stop().await.unwrap();
+    assert_eq!(
+        restored_ids(("pt3e", 90), &s3, &url, &later, &[]).await,
+        (1..=40).collect::<Vec<_>>()
+    );
     s3.stop().await.unwrap();
 }
 
@@ -512,20 +529,8 @@ async fn an_encrypted_archive_on_a_second_s3_implementation_restores_with_its_ke
     let public = keys.path().join("key.pub");
     std::fs::write(&public, format!("{}\n", identity.to_public())).unwrap();
     let url = s3.url("enc");
-    let source = archiving_cluster_with(
-        "pt4a",
-        91,
-        &s3,
-        &url,
-        &["--age-recipient-file", public.to_str().unwrap()],
-    )
-    .await;
-    insert(source.primary(), 1, 10).await;
-    source
-        .wait_replicated("shop.orders", 10, CATCH_UP)
-        .await
-        .unwrap();
-    backup(&s3, &source, &url).await;
+    let recipients = ["--age-recipient-file", public.to_str().unwrap()];
+    let source = backed_up_cluster(("pt4a", 91), &s3, &url, &recipients).await;
     insert(source.primary(), 11, 30).await;
     let target = target_now().await;
     insert(source.primary(), 31, 40).await;
@@ -565,19 +570,11 @@ async fn an_encrypted_archive_on_a_second_s3_implementation_restores_with_its_ke
         "the data dir was written to"
     );
     cluster.stop().await.unwrap();
-    let (mut rebuilt, cloned) = restore_primary_with(
-        "pt4c",
-        93,
-        &s3,
-        &url,
-        &target,
-        &["--age-identity-file", secret.to_str().unwrap()],
-    )
-    .await;
-    cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&rebuilt.pod(0).log("clone"))));
-    rebuilt.pod_mut(0).start_mysqld().await.unwrap();
-    assert_eq!(ids(rebuilt.primary()).await, (1..=30).collect::<Vec<_>>());
-    rebuilt.stop().await.unwrap();
+    let key = ["--age-identity-file", secret.to_str().unwrap()];
+    assert_eq!(
+        restored_ids(("pt4c", 93), &s3, &url, &target, &key).await,
+        (1..=30).collect::<Vec<_>>()
+    );
     s3.stop().await.unwrap();
 }
 
@@ -654,10 +651,9 @@ async fn an_archiver_killed_between_its_writes_takes_up_the_same_timeline() {
     );
     cluster.stop().await.unwrap();
 
-    let (mut rebuilt, cloned) = restore_primary("pt5b", 95, &s3, &url, &target).await;
-    cloned.unwrap_or_else(|e| panic!("{e}\n{}", read(&rebuilt.pod(0).log("clone"))));
-    rebuilt.pod_mut(0).start_mysqld().await.unwrap();
-    assert_eq!(ids(rebuilt.primary()).await, (1..=50).collect::<Vec<_>>());
-    rebuilt.stop().await.unwrap();
+    assert_eq!(
+        restored_ids(("pt5b", 95), &s3, &url, &target, &[]).await,
+        (1..=50).collect::<Vec<_>>()
+    );
     s3.stop().await.unwrap();
 }
