@@ -505,14 +505,20 @@ pub async fn read_head(dir: &Path, file: &str) -> Result<FileHead> {
     let path = dir.join(file);
     let file = file.to_owned();
     tokio::task::spawn_blocking(move || -> Result<FileHead> {
-        let start = binlog::file_start(std::io::BufReader::new(
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?,
-        ))
-        .with_context(|| format!("reading {}", path.display()))?;
-        let mut head = vec![0u8; start.header_end as usize];
+        // One read: the first events are a few hundred bytes (a GTID list of 16 bytes a
+        // domain), far within the probe.
+        let mut probe = Vec::new();
         std::fs::File::open(&path)
-            .and_then(|mut f| f.read_exact(&mut head))
+            .and_then(|f| f.take(HEAD_PROBE_BYTES).read_to_end(&mut probe))
             .with_context(|| format!("reading {}", path.display()))?;
+        let start = binlog::file_start(&probe[..])
+            .with_context(|| format!("reading {}", path.display()))?;
+        let head = probe.get(..start.header_end as usize).with_context(|| {
+            format!(
+                "{}: its first events end past {HEAD_PROBE_BYTES} bytes",
+                path.display()
+            )
+        })?;
         Ok(FileHead {
             file,
             created: start.created,
@@ -520,13 +526,16 @@ pub async fn read_head(dir: &Path, file: &str) -> Result<FileHead> {
             gtid_list: start.gtid_list.map(|g| g.to_string()),
             server_id: start.server_id,
             server_version: start.server_version,
-            digest: head_digest(&head),
+            digest: head_digest(head),
             header_end: start.header_end,
         })
     })
     .await
     .context("the reading task failed")?
 }
+
+/// How much of a file's start [`read_head`] reads.
+const HEAD_PROBE_BYTES: u64 = 64 << 10;
 
 /// SHA-256 of a file's first events, with the format description's "in use" flag cleared:
 /// the server clears it when it closes the file, which does not make it another file.
@@ -554,5 +563,33 @@ mod tests {
         let mut other = log.bytes.clone();
         other[4] ^= 1;
         assert_ne!(head_digest(&open[..60]), head_digest(&other[..60]));
+    }
+
+    #[tokio::test]
+    async fn a_files_head_is_read_from_its_first_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = binlog::tests::LogBuilder::new(1000, 100, &["0-100-7".parse().unwrap()]);
+        log.transaction(1001, 1001, 0, 8);
+        std::fs::write(dir.path().join("b.000001"), &log.bytes).unwrap();
+        let head = read_head(dir.path(), "b.000001").await.unwrap();
+        let start = binlog::file_start(&log.bytes[..]).unwrap();
+        assert_eq!(head.header_end, start.header_end);
+        assert_eq!(head.gtid_list.as_deref(), Some("0-100-7"));
+        assert_eq!(
+            head.digest,
+            head_digest(&log.bytes[..start.header_end as usize])
+        );
+        assert_eq!((head.created, head.server_id), (1000, 100));
+
+        // No GTID list, and a first event larger than the probe: the header is the
+        // description alone.
+        let fde_len = u32::from_le_bytes(log.bytes[4 + 9..4 + 13].try_into().unwrap()) as usize;
+        log.bytes.truncate(4 + fde_len);
+        log.event(1001, binlog::kind::QUERY, &vec![0u8; 100 << 10]);
+        std::fs::write(dir.path().join("b.000002"), &log.bytes).unwrap();
+        let head = read_head(dir.path(), "b.000002").await.unwrap();
+        assert_eq!(head.header_end, 4 + fde_len as u64);
+        assert_eq!(head.gtid_list, None);
+        assert!(read_head(dir.path(), "b.000003").await.is_err());
     }
 }

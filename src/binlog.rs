@@ -355,7 +355,14 @@ pub fn file_start(input: impl Read) -> Result<FileStart> {
         header_end: reader.offset(),
     };
     // The GTID list (MariaDB) or previous GTIDs (MySQL) follows; anything else ends the header.
-    if let Some(header) = reader.next_event()? {
+    // Read from a probe of the file's first bytes, the next event may not fit in it: then
+    // it is not a GTID list (those are short), and the header ends with the description.
+    let next = match reader.next_event() {
+        Ok(next) => next,
+        Err(e) if e.downcast_ref::<Torn>().is_some() => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(header) = next {
         match header.kind {
             kind::MARIADB_GTID_LIST => {
                 start.gtid_list = Some(parse_gtid_list(reader.body())?);
