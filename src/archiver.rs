@@ -429,12 +429,15 @@ fn unix_now() -> u32 {
 
 /// Where the server writes its binary logs: the directory of `@@log_bin_basename`.
 async fn log_dir(conn: &mut Conn) -> Result<PathBuf> {
-    let row: Option<(Option<i64>, Option<String>)> = conn
-        .query_first("SELECT @@log_bin, @@log_bin_basename")
+    // Read as text (mysql::column_text): a typed conversion of an odd answer would panic.
+    let row: Option<mysql_async::Row> = conn
+        .query_first("SELECT @@log_bin AS log_bin, @@log_bin_basename AS base")
         .await
         .context("asking mysqld where its binary logs are")?;
-    match row {
-        Some((Some(1), Some(base))) if !base.is_empty() => {
+    let on = row.as_ref().and_then(|r| mysql::column_text(r, "log_bin"));
+    let base = row.as_ref().and_then(|r| mysql::column_text(r, "base"));
+    match (on.as_deref(), base) {
+        (Some("1"), Some(base)) if !base.is_empty() => {
             let base = PathBuf::from(base);
             base.parent()
                 .map(Path::to_owned)

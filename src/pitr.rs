@@ -988,12 +988,14 @@ async fn seed_binlog_state(conn: &mut mysql_async::Conn, from: &From) -> Result<
     let From::Gtid(pos) = from else {
         return Ok(());
     };
-    let log_bin: Option<i64> =
+    // Read as text (mysql::text_at): a typed conversion of an odd answer would panic.
+    let row: Option<mysql_async::Row> =
         tokio::time::timeout(QUERY_TIMEOUT, conn.query_first("SELECT @@log_bin"))
             .await
             .map_err(|_| anyhow!("the replay server did not answer within {QUERY_TIMEOUT:?}"))?
             .context("asking the replay server whether it writes a binary log")?;
-    if pos.is_empty() || log_bin != Some(1) {
+    let log_bin = row.and_then(|r| crate::mysql::text_at(&r, 0).ok());
+    if pos.is_empty() || log_bin.as_deref() != Some("1") {
         return Ok(());
     }
     tokio::time::timeout(
