@@ -5,6 +5,10 @@
 # asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The disk is the resource a test machine runs out of first (the build and the test pods'
+# volumes share it): said at the start and at the end, whatever the outcome.
+df -h . >&2
+trap 'df -h . >&2' EXIT
 scripts/setup.sh
 scripts/setup-s3.sh
 cargo fmt --all -- --check
