@@ -18,17 +18,8 @@ use tokio::process::Command;
 
 const CATCH_UP: Duration = Duration::from_secs(90);
 
-/// A Garage server on a loopback address of its own (subnet `subnet`, host .250).
 async fn garage(name: &str, subnet: u8) -> S3Server {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("s3").join(name);
-    S3Server::garage(
-        &dir,
-        std::net::Ipv4Addr::new(127, 0, subnet, 250),
-        "backups",
-        Path::new(AGENT),
-    )
-    .await
-    .unwrap()
+    common::s3_server(common::S3Kind::Garage, name, subnet).await
 }
 
 /// An S3 client of the test's own, to look at and damage what the agent stored.
@@ -597,17 +588,7 @@ async fn a_broken_stream_is_never_stored_as_a_backup() {
 /// agent does is Garage-specific.
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_work_against_a_second_s3_implementation() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("s3")
-        .join("bk6");
-    let s3 = S3Server::seaweedfs(
-        &dir,
-        std::net::Ipv4Addr::new(127, 0, 60, 250),
-        "backups",
-        Path::new(AGENT),
-    )
-    .await
-    .unwrap();
+    let s3 = common::s3_server(common::S3Kind::SeaweedFs, "bk6", 60).await;
     let url = s3.url("second");
     let source = source_cluster("bk6a", 60).await;
     // Random text, which zstd cannot shrink much: the backup takes several parts.

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, SystemTime};
 
@@ -22,15 +21,7 @@ const CATCH_UP: Duration = Duration::from_secs(90);
 const INTERVAL: &str = "2s";
 
 async fn garage(name: &str, subnet: u8) -> S3Server {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("s3").join(name);
-    S3Server::garage(
-        &dir,
-        std::net::Ipv4Addr::new(127, 0, subnet, 250),
-        "backups",
-        Path::new(AGENT),
-    )
-    .await
-    .unwrap()
+    common::s3_server(common::S3Kind::Garage, name, subnet).await
 }
 
 async fn agent(s3: &S3Server, args: &[&str]) -> Output {
@@ -507,17 +498,7 @@ async fn a_gap_starts_a_new_timeline_and_no_restore_crosses_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_encrypted_archive_on_a_second_s3_implementation_restores_with_its_key() {
     use age::secrecy::ExposeSecret;
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("s3")
-        .join("pitr4");
-    let s3 = S3Server::seaweedfs(
-        &dir,
-        std::net::Ipv4Addr::new(127, 0, 91, 250),
-        "backups",
-        Path::new(AGENT),
-    )
-    .await
-    .unwrap();
+    let s3 = common::s3_server(common::S3Kind::SeaweedFs, "pitr4", 91).await;
     let keys = tempfile::tempdir().unwrap();
     let identity = age::x25519::Identity::generate();
     let secret = keys.path().join("key.txt");

@@ -1039,6 +1039,7 @@ pub fn ensure_packages() -> Result<()> {
 
 /// Lines in /etc/hosts naming one cluster's pods, removed when dropped.
 struct HostsBlock {
+    path: PathBuf,
     begin: String,
     end: String,
 }
@@ -1047,7 +1048,12 @@ const HOSTS: &str = "/etc/hosts";
 
 impl HostsBlock {
     fn install(tag: &str, names: &[(Ipv4Addr, String)]) -> Result<Self> {
+        Self::install_in(Path::new(HOSTS), tag, names)
+    }
+
+    fn install_in(path: &Path, tag: &str, names: &[(Ipv4Addr, String)]) -> Result<Self> {
         let block = Self {
+            path: path.to_path_buf(),
             begin: format!("# mysql-agent-harness {tag} begin"),
             end: format!("# mysql-agent-harness {tag} end"),
         };
@@ -1059,16 +1065,19 @@ impl HostsBlock {
     }
 
     /// Replaces this block (or removes it) under an exclusive lock, writing in place because
-    /// /etc/hosts is often a bind mount that cannot be renamed over.
+    /// /etc/hosts is often a bind mount that cannot be renamed over. The new text goes over
+    /// the old and the file is cut to its length after: truncating first left /etc/hosts
+    /// empty for good when the write then failed (a full disk) or the process died between
+    /// the two, and every name on the machine stopped resolving.
     fn rewrite(&self, block: Option<&str>) -> Result<()> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(HOSTS)
-            .with_context(|| format!("opening {HOSTS}"))?;
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
         let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| e)
-            .context("locking /etc/hosts")?;
+            .with_context(|| format!("locking {}", self.path.display()))?;
         let mut text = String::new();
         file.read_to_string(&mut text)?;
         let mut kept = Vec::new();
@@ -1089,8 +1098,10 @@ impl HostsBlock {
         out.push('\n');
         let f: &mut File = &mut file;
         f.seek(SeekFrom::Start(0))?;
-        f.set_len(0)?;
-        f.write_all(out.as_bytes())?;
+        f.write_all(out.as_bytes())
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        f.set_len(out.len() as u64)
+            .with_context(|| format!("truncating {}", self.path.display()))?;
         Ok(())
     }
 }
@@ -1114,4 +1125,36 @@ pub fn dir_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_blocks_are_added_replaced_and_removed_leaving_the_rest() {
+        let path = std::env::temp_dir().join(format!("harness-hosts-{}", std::process::id()));
+        let original = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+        fs::write(&path, original).unwrap();
+        let names = |n: u8| -> Vec<(Ipv4Addr, String)> {
+            (0..n)
+                .map(|i| (Ipv4Addr::new(127, 0, 9, i), format!("mysql-{i}.a")))
+                .collect()
+        };
+        let a = HostsBlock::install_in(&path, "a", &names(3)).unwrap();
+        let b = HostsBlock::install_in(&path, "b", &names(1)).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(original), "{text}");
+        assert!(text.contains("127.0.9.2\tmysql-2.a"), "{text}");
+        assert_eq!(text.matches("begin").count(), 2, "{text}");
+        // A shorter file after the larger block goes: the old tail is cut, not left behind.
+        drop(a);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("harness a"), "{text}");
+        assert!(!text.contains("mysql-2.a"), "{text}");
+        assert!(text.contains("# mysql-agent-harness b begin"), "{text}");
+        drop(b);
+        assert_eq!(fs::read_to_string(&path).unwrap(), original);
+        fs::remove_file(&path).unwrap();
+    }
 }

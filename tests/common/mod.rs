@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mysql_agent_harness::ClusterSpec;
+use mysql_agent_harness::s3::S3Server;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_mysql-agent");
 
@@ -193,5 +194,24 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         (status, response.body_mut().read_to_string().unwrap())
     })
     .await
+    .unwrap()
+}
+
+/// Which S3 implementation a test's store runs.
+pub enum S3Kind {
+    Garage,
+    SeaweedFs,
+}
+
+/// An S3 server with a bucket `backups`, on a loopback address of its own (subnet `subnet`,
+/// host .250), its files under the tests' tmp dir in `name`.
+pub async fn s3_server(kind: S3Kind, name: &str, subnet: u8) -> S3Server {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("s3").join(name);
+    let addr = std::net::Ipv4Addr::new(127, 0, subnet, 250);
+    let agent = Path::new(AGENT);
+    match kind {
+        S3Kind::Garage => S3Server::garage(&dir, addr, "backups", agent).await,
+        S3Kind::SeaweedFs => S3Server::seaweedfs(&dir, addr, "backups", agent).await,
+    }
     .unwrap()
 }
