@@ -293,7 +293,16 @@ impl Cluster {
     /// StatefulSet and its claims would; logs and config stay for reading. Twenty-odd test
     /// clusters left whole hold gigabytes, which a CI machine's disk may not have. A cluster
     /// whose stop fails, or whose test panics before it, keeps everything for inspection.
-    pub async fn stop(mut self) -> Result<()> {
+    pub async fn stop(self) -> Result<()> {
+        self.stop_releasing(true).await
+    }
+
+    /// [`Cluster::stop`], keeping the volumes (the demo's, for a look afterwards).
+    pub async fn stop_keeping_volumes(self) -> Result<()> {
+        self.stop_releasing(false).await
+    }
+
+    async fn stop_releasing(mut self, release: bool) -> Result<()> {
         let mut failures = Vec::new();
         for pod in self.pods.iter_mut().rev() {
             if pod.sidecar_running() {
@@ -314,7 +323,7 @@ impl Cluster {
             "stopping the cluster: {}",
             failures.join("; ")
         );
-        for pod in &self.pods {
+        for pod in self.pods.iter().filter(|_| release) {
             for dir in [pod.data_dir(), pod.dir.join("tmp")] {
                 match fs::remove_dir_all(&dir) {
                     Ok(()) => {}

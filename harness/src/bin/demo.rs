@@ -43,7 +43,7 @@ async fn main() -> Result<()> {
     let mut cluster = Cluster::create(spec).await?;
     let result = run(&mut cluster).await;
     println!("== stopping the pods (SIGTERM)");
-    let stopped = cluster.stop().await;
+    let stopped = cluster.stop_keeping_volumes().await;
     result?;
     stopped?;
     println!("== demo passed in {:.0?}", started.elapsed());
