@@ -205,7 +205,8 @@ impl S3Server {
         }
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL) and waits for it.
+    /// Stops the server (SIGTERM, then SIGKILL) and waits for it, then releases what it
+    /// stored (the benchmark's runs leave gigabytes); its config and log stay.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
@@ -216,6 +217,14 @@ impl S3Server {
                 .is_err()
             {
                 child.kill().await?;
+            }
+        }
+        for sub in ["data", "meta"] {
+            let dir = self.dir.join(sub);
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
             }
         }
         Ok(())
