@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use object_store::aws::AmazonS3Builder;
+use object_store::chunked::ChunkedStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
@@ -27,6 +28,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retries of a failed request, with back-off from 100 ms to 15 s, within 3 minutes.
 pub const MAX_RETRIES: usize = 10;
 const RETRY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The pieces a `file://` store's object is read in. On its own the local store reads a file
+/// 8 KiB at a time, each read a blocking task of its own: a restore of a 2 GiB stream from a
+/// mounted volume took 7 to 9.5 s, 6 to 8.5 s of it in the kernel, and 2.1 to 2.3 s in
+/// pieces of this size.
+pub const LOCAL_READ_BYTES: usize = 256 << 10;
 
 /// Where backups go, as the user wrote it: `s3://BUCKET/PREFIX` or `file:///DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +167,8 @@ impl Store {
                 }
                 let fs = LocalFileSystem::new_with_prefix(dir)
                     .with_context(|| format!("opening the backup directory {}", dir.display()))?;
-                (Arc::new(fs), String::new())
+                let pieces = ChunkedStore::new(Arc::new(fs), LOCAL_READ_BYTES);
+                (Arc::new(pieces), String::new())
             }
             Location::S3 { bucket, prefix } => {
                 install_crypto_provider();
@@ -303,6 +311,33 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn local_objects_are_read_in_pieces_of_the_named_size() {
+        use futures_util::StreamExt;
+        use object_store::ObjectStoreExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_dir(dir.path());
+        let object: Vec<u8> = (0..LOCAL_READ_BYTES * 2 + 1000)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let path = store.path("b1/stream.zst");
+        store
+            .objects()
+            .put(&path, object.clone().into())
+            .await
+            .unwrap();
+        let mut pieces = store.objects().get(&path).await.unwrap().into_stream();
+        let mut sizes = Vec::new();
+        let mut read = Vec::new();
+        while let Some(piece) = pieces.next().await {
+            let piece = piece.unwrap();
+            sizes.push(piece.len());
+            read.extend_from_slice(&piece);
+        }
+        assert_eq!(read, object);
+        assert_eq!(sizes, [LOCAL_READ_BYTES, LOCAL_READ_BYTES, 1000]);
     }
 
     #[test]
