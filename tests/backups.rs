@@ -10,17 +10,13 @@ use std::process::Output;
 use std::time::Duration;
 
 use age::secrecy::ExposeSecret;
-use common::{AGENT, read, spec};
+use common::{AGENT, garage, read, spec};
 use mysql_agent_harness::s3::S3Server;
 use mysql_agent_harness::{Cluster, Pod, pod_addr};
 use object_store::ObjectStoreExt;
 use tokio::process::Command;
 
 const CATCH_UP: Duration = Duration::from_secs(90);
-
-async fn garage(name: &str, subnet: u8) -> S3Server {
-    common::s3_server(common::S3Kind::Garage, name, subnet).await
-}
 
 /// An S3 client of the test's own, to look at and damage what the agent stored.
 fn client(s3: &S3Server) -> impl object_store::ObjectStore {

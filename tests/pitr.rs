@@ -9,7 +9,7 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, SystemTime};
 
-use common::{AGENT, read, spec};
+use common::{AGENT, garage, read, spec};
 use mysql_agent::archive;
 use mysql_agent::store::Store;
 use mysql_agent_harness::s3::S3Server;
@@ -19,10 +19,6 @@ use tokio::process::Command;
 const CATCH_UP: Duration = Duration::from_secs(90);
 /// The archiver's interval in these tests: the open file's bytes go every 2 s.
 const INTERVAL: &str = "2s";
-
-async fn garage(name: &str, subnet: u8) -> S3Server {
-    common::s3_server(common::S3Kind::Garage, name, subnet).await
-}
 
 async fn agent(s3: &S3Server, args: &[&str]) -> Output {
     Command::new(AGENT)

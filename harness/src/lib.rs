@@ -323,13 +323,10 @@ impl Cluster {
             "stopping the cluster: {}",
             failures.join("; ")
         );
-        for pod in self.pods.iter().filter(|_| release) {
-            for dir in [pod.data_dir(), pod.dir.join("tmp")] {
-                match fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
-                }
+        if release {
+            for pod in &self.pods {
+                remove_dir_if_present(&pod.data_dir())?;
+                remove_dir_if_present(&pod.dir.join("tmp"))?;
             }
         }
         Ok(())
@@ -977,7 +974,6 @@ async fn stop(mut child: Child, what: &str) -> Result<ExitStatus> {
     }
 }
 
-/// The last `lines` lines of a log, for error messages.
 /// The space left where `path` lives, for error messages: a full disk fails mysqld in ways
 /// whose own messages may not say so (its log cannot be written either).
 pub fn free_space(path: &Path) -> String {
@@ -990,6 +986,16 @@ pub fn free_space(path: &Path) -> String {
     }
 }
 
+/// Removes `dir` and what it holds; one already gone is not an error.
+pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+/// The last `lines` lines of a log, for error messages.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

@@ -220,12 +220,7 @@ impl S3Server {
             }
         }
         for sub in ["data", "meta"] {
-            let dir = self.dir.join(sub);
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
-            }
+            crate::remove_dir_if_present(&self.dir.join(sub))?;
         }
         Ok(())
     }

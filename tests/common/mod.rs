@@ -215,3 +215,8 @@ pub async fn s3_server(kind: S3Kind, name: &str, subnet: u8) -> S3Server {
     }
     .unwrap()
 }
+
+/// [`s3_server`] running Garage, the S3 server most tests use.
+pub async fn garage(name: &str, subnet: u8) -> S3Server {
+    s3_server(S3Kind::Garage, name, subnet).await
+}
