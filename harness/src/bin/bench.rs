@@ -69,8 +69,8 @@ struct Args {
     /// (the agent's --backup-threads default)
     #[arg(long, default_value_t = 2)]
     tool_threads: u32,
-    /// Load the dataset, then keep the primary and its backup server up until Ctrl-C instead
-    /// of benchmarking (for profiling by hand)
+    /// Load the dataset, then keep the primary, its backup server and Garage (when installed)
+    /// up until Ctrl-C instead of benchmarking (for profiling by hand)
     #[arg(long)]
     hold: bool,
     /// Skip the backup and restore variants (they run when Garage is installed)
@@ -348,7 +348,30 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
             primary.addr,
             primary.backup_addr()
         );
+        // Garage too, when installed, so that backups and restores can be profiled by hand.
+        let s3 = if mysql_agent_harness::s3::garage_binary().is_file() {
+            let root = cluster.spec().root.clone();
+            let server = mysql_agent_harness::s3::S3Server::garage(
+                &root.join("s3"),
+                std::net::Ipv4Addr::new(127, 0, 40, 250),
+                "bench",
+                &cluster.spec().agent,
+            )
+            .await?;
+            let env: Vec<String> = server
+                .env()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("== Garage: {} {}", env.join(" "), server.url(BACKUP_PREFIX));
+            Some(server)
+        } else {
+            None
+        };
         tokio::signal::ctrl_c().await?;
+        if let Some(server) = s3 {
+            server.stop().await?;
+        }
         return Ok(None);
     }
     let root = cluster.spec().root.clone();
