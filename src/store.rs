@@ -145,6 +145,16 @@ impl fmt::Debug for Store {
     }
 }
 
+/// Whether a request's body is hashed into its signature (SigV4's `x-amz-content-sha256`).
+/// Over https TLS already guards the body on the wire, and hashing it costs the agent a
+/// SHA-256 pass over every byte stored (and the server another): a backup of a 2 GiB stream
+/// took 0.6-0.7 s less and the agent 0.7 s less CPU without it. Over plain http the hash is
+/// the only check on the body between here and the server, so it stays, as AWS's own SDKs do
+/// it. No endpoint means AWS itself, over https.
+fn sign_payload(endpoint: Option<&str>) -> bool {
+    endpoint.is_some_and(|e| !e.starts_with("https://"))
+}
+
 /// The TLS stack for https endpoints: rustls with ring, installed once for the process.
 pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
@@ -209,6 +219,7 @@ impl Store {
                         .with_virtual_hosted_style_request(false)
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
+                builder = builder.with_unsigned_payload(!sign_payload(s3.endpoint.as_deref()));
                 let store = builder
                     .build()
                     .with_context(|| format!("configuring the S3 client for {location}"))?;
@@ -311,6 +322,58 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn bodies_are_hashed_into_the_signature_only_without_tls() {
+        assert!(sign_payload(Some("http://minio.backups:9000")));
+        assert!(!sign_payload(Some("https://minio.backups:9000")));
+        assert!(!sign_payload(None));
+    }
+
+    /// Over http the server is sent the body's SHA-256 (checked against the body it gets),
+    /// not `UNSIGNED-PAYLOAD`: seen by a server that records the header.
+    #[tokio::test]
+    async fn a_plain_http_upload_carries_its_bodys_hash() {
+        use object_store::ObjectStoreExt;
+        use sha2::{Digest, Sha256};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.ends_with(b"payload") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&request).to_lowercase()
+        });
+        let settings = S3Settings {
+            access_key_id: Some("key".into()),
+            secret_access_key: Some("secret".into()),
+            region: Some("r".into()),
+            endpoint: Some(format!("http://{addr}")),
+            session_token: None,
+        };
+        let store = Store::open(&"s3://bucket/p".parse().unwrap(), &settings, false).unwrap();
+        store
+            .objects()
+            .put(&store.path("o"), b"the payload".to_vec().into())
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        let hash = hex::encode(Sha256::digest(b"the payload"));
+        assert!(
+            request.contains(&format!("x-amz-content-sha256: {hash}")),
+            "{request}"
+        );
     }
 
     #[tokio::test]
