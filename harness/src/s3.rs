@@ -64,6 +64,11 @@ fn installed(binary: PathBuf, name: &str, dir: &Path) -> Result<PathBuf> {
 impl S3Server {
     /// Starts Garage on `addr` (ports 3900-3903) with data under `dir` (emptied first) and
     /// bucket `bucket`, and waits until `agent list-backups` can list it.
+    ///
+    /// Garage's own block compression is off (`compression_level = "none"`), as it should be
+    /// for a bucket of backups, which are zstd already: it compressed each block again on
+    /// the way in and decompressed it on the way out (zstd in Garage's profile of a restore)
+    /// for nothing.
     pub async fn garage(dir: &Path, addr: Ipv4Addr, bucket: &str, agent: &Path) -> Result<Self> {
         let binary = installed(garage_binary(), "Garage", dir)?;
         fs::create_dir_all(dir.join("meta"))?;
@@ -78,7 +83,7 @@ impl S3Server {
             &config,
             format!(
                 "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\n\
-                 replication_factor = 1\nrpc_bind_addr = \"{addr}:3901\"\nrpc_public_addr = \"{addr}:3901\"\n\
+                 replication_factor = 1\ncompression_level = \"none\"\nrpc_bind_addr = \"{addr}:3901\"\nrpc_public_addr = \"{addr}:3901\"\n\
                  rpc_secret = \"{rpc}\"\n\n[s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"{addr}:3900\"\n\
                  root_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"{addr}:3903\"\n\
                  admin_token = \"{admin}\"\n",
@@ -203,6 +208,11 @@ impl S3Server {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The server's process id while it runs (the benchmark reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
     }
 
     /// Stops the server (SIGTERM, then SIGKILL) and waits for it, then releases what it

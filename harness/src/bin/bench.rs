@@ -254,10 +254,11 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Default)]
 struct Samples {
+    /// Where the CPU went during each variant that has a row for it.
+    cpu: std::collections::BTreeMap<&'static str, Vec<CpuUse>>,
     backup: Vec<f64>,
     backup_rss_kib: Vec<u64>,
     ingest: Vec<f64>,
-    ingest_raw: Vec<f64>,
     restore: Vec<f64>,
     restore_rss_kib: Vec<u64>,
     /// Stream bytes and stored bytes of the backups taken.
@@ -461,12 +462,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
             stream as f64 / stored_bytes as f64,
             server.endpoint
         );
-        variants.extend([
-            Variant::Backup,
-            Variant::Ingest,
-            Variant::IngestRaw,
-            Variant::Restore,
-        ]);
+        variants.extend([Variant::Backup, Variant::Ingest, Variant::Restore]);
         Some((server, stored))
     };
     if args.compare_agent.is_some() {
@@ -482,7 +478,9 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
             match variant {
                 Variant::Agent => {
                     let agent = &cluster.spec().agent;
+                    let cpu = CpuMeter::start(None);
                     let (secs, rss) = agent_clone(&primary.backup_addr(), agent, &work)?;
+                    samples.cpu.entry("clone").or_default().push(cpu.stop());
                     samples.agent.push(secs);
                     samples.agent_rss_kib.push(rss);
                 }
@@ -518,27 +516,28 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                 Variant::Direct => samples.direct.push(direct(primary, args.tool_threads)?),
                 Variant::Backup => {
                     let (server, _) = s3.as_ref().expect("only with a server");
+                    let cpu = CpuMeter::start(server.pid());
                     let (secs, rss) = backup(
                         server,
                         &cluster.spec().agent,
                         primary,
                         args.compression_level,
                     )?;
+                    samples.cpu.entry("backup").or_default().push(cpu.stop());
                     samples.backup.push(secs);
                     samples.backup_rss_kib.push(rss);
                 }
                 Variant::Ingest => {
                     let (server, stored) = s3.as_ref().expect("only with a server");
+                    let cpu = CpuMeter::start(server.pid());
                     samples.ingest.push(ingest(server, stored, run).await?);
-                }
-                Variant::IngestRaw => {
-                    let (server, stored) = s3.as_ref().expect("only with a server");
-                    let raw = stored.with_extension("raw");
-                    samples.ingest_raw.push(ingest(server, &raw, run).await?);
+                    samples.cpu.entry("ingest").or_default().push(cpu.stop());
                 }
                 Variant::Restore => {
                     let (server, _) = s3.as_ref().expect("only with a server");
+                    let cpu = CpuMeter::start(server.pid());
                     let (secs, rss) = restore(server, &cluster.spec().agent, &work)?;
+                    samples.cpu.entry("restore").or_default().push(cpu.stop());
                     samples.restore.push(secs);
                     samples.restore_rss_kib.push(rss);
                 }
@@ -557,7 +556,6 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
     drop(tls_sidecar);
     drop(compared);
     if let Some((server, stored)) = s3 {
-        let _ = std::fs::remove_file(stored.with_extension("raw"));
         let _ = std::fs::remove_file(stored);
         server.stop().await?;
     }
@@ -577,7 +575,6 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
 enum Variant {
     Backup,
     Ingest,
-    IngestRaw,
     Restore,
     Agent,
     Compare,
@@ -899,12 +896,6 @@ async fn first_backup(
         let bytes = store.objects().get(&path).await?.bytes().await?;
         std::io::Write::write_all(&mut out, &bytes)?;
     }
-    // The stream itself, unpacked, for the baseline of a server ingesting it uncompressed.
-    let mut unpacked = mysql_agent::packing::unpack(std::fs::File::open(stored)?, None)?;
-    std::io::copy(
-        &mut unpacked,
-        &mut std::fs::File::create(stored.with_extension("raw"))?,
-    )?;
     Ok((manifest.stream_bytes, manifest.stored_bytes))
 }
 
@@ -1213,6 +1204,84 @@ fn which(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Where the machine's CPU went during one variant: how many cores were busy on average
+/// (all processes: the agent, the donor, the S3 server, the kernel's work for them), and how
+/// many of those the S3 server kept busy. It tells a ratio limited by the machine's CPU,
+/// which every party shares here, from one limited by the agent's own design.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    cores_busy: f64,
+    server_cores: f64,
+}
+
+/// Counters read at a variant's start.
+struct CpuMeter {
+    busy: u64,
+    total: u64,
+    server: Option<(u32, u64)>,
+}
+
+impl CpuMeter {
+    fn start(server: Option<u32>) -> Self {
+        let (busy, total, _) = machine_ticks();
+        Self {
+            busy,
+            total,
+            server: server.map(|pid| (pid, process_ticks(pid))),
+        }
+    }
+
+    fn stop(self) -> CpuUse {
+        let (busy, total, cpus) = machine_ticks();
+        // Ticks of all CPUs together: a share of them times the CPUs is cores.
+        let cores = |ticks: u64| {
+            cpus as f64 * ticks as f64 / total.saturating_sub(self.total).max(1) as f64
+        };
+        CpuUse {
+            cores_busy: cores(busy.saturating_sub(self.busy)),
+            server_cores: self.server.map_or(0.0, |(pid, before)| {
+                cores(process_ticks(pid).saturating_sub(before))
+            }),
+        }
+    }
+}
+
+/// Busy and total clock ticks of all CPUs since boot, and how many CPUs there are, from
+/// /proc/stat. Its first line counts user, nice, system, idle, iowait, irq, softirq and
+/// steal ticks: idle, iowait and steal (another guest of the host running) are not busy.
+fn machine_ticks() -> (u64, u64, usize) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let total: u64 = fields.iter().sum();
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    (total - field(3) - field(4) - field(7), total, cpus)
+}
+
+/// User and system clock ticks a process has used (its threads included).
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name, in parentheses, may hold spaces: count fields after its end.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -1307,8 +1376,6 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
         let restore = median(&s.restore);
         let tool = median(&s.floor_stream);
         let slower = tool.max(ingest);
-        let raw = median(&s.ingest_raw);
-        let slower_raw = tool.max(raw);
         let backup_rss = s.backup_rss_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
         let level = args
             .compression_level
@@ -1329,18 +1396,29 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
                 slower / backup
             ),
             format!(
-                "| Garage ingesting the stream's bytes uncompressed, alone | {raw:.2} s ({:.0} MiB/s) | |",
-                stream as f64 / MIB / raw
-            ),
-            format!(
-                "| backup / slower of (tool into /dev/null, ingest of the stream's bytes alone) | {:.2} of {slower_raw:.2} s: throughput {:.2} | |",
-                backup,
-                slower_raw / backup
-            ),
-            format!(
                 "| restore (store to prepared data in place) / agent clone | {restore:.2} s = {:.2}x | at most 1.3x |",
                 restore / agent
             ),
+            {
+                let cpus = machine_ticks().2;
+                let used = |variant: &str| {
+                    let runs = s.cpu.get(variant).map_or(&[][..], Vec::as_slice);
+                    let busy = median(&runs.iter().map(|c| c.cores_busy).collect::<Vec<_>>());
+                    let server = median(&runs.iter().map(|c| c.server_cores).collect::<Vec<_>>());
+                    if variant == "clone" {
+                        format!("{busy:.2}")
+                    } else {
+                        format!("{busy:.2} (Garage {server:.2})")
+                    }
+                };
+                format!(
+                    "| cores busy of {cpus} (all processes; the S3 server's part): backup / ingest of the stored bytes / restore / agent clone | {} / {} / {} / {} | |",
+                    used("backup"),
+                    used("ingest"),
+                    used("restore"),
+                    used("clone")
+                )
+            },
             format!(
                 "| compression on this dataset (zstd level {level}) | {:.0} MiB stream, {:.0} MiB stored = {:.2}x | |",
                 stream as f64 / MIB,
