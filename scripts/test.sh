@@ -16,5 +16,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 scripts/check-packaging.sh
 cargo test --workspace --all-features --locked
-scripts/bench.sh --size 32MiB --runs 1 --root target/bench-smoke --out target/bench-smoke-results.md \
+scripts/bench.sh --size 32MiB --runs 1 --settle 0s --root target/bench-smoke --out target/bench-smoke-results.md \
     --archive-load 8s --archive-interval 2s

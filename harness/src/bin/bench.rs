@@ -86,6 +86,12 @@ struct Args {
     /// That sidecar's --binlog-archive-interval
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     archive_interval: Duration,
+    /// An idle pause before every timed variant. On this project's VM a variant run right
+    /// after a CPU-heavy one was slower with the machine idle in between (a 4 GiB restore
+    /// 6.3-7.2 s right after a backup, 5.2-5.6 s after 15 s of rest; no steal time shown),
+    /// and the interleaving keeps each variant after the same neighbour in every run
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    settle: Duration,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -474,6 +480,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
         for i in 0..variants.len() {
             let variant = variants[(run + i) % variants.len()];
             sync();
+            std::thread::sleep(args.settle);
             let t = Instant::now();
             match variant {
                 Variant::Agent => {
@@ -1477,10 +1484,11 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Clone benchmark: {:.0} MiB of sysbench tables on MariaDB 10.11 ({:.0} MiB streamed), medians of {} interleaved runs",
+        "Clone benchmark: {:.0} MiB of sysbench tables on MariaDB 10.11 ({:.0} MiB streamed), medians of {} interleaved runs, {:?} idle before each variant",
         tables as f64 / MIB,
         bytes / MIB,
-        args.runs
+        args.runs,
+        args.settle
     );
     let _ = writeln!(out, "Machine: {}", machine());
     let _ = writeln!(out, "Clones written to: {targets}\n");
