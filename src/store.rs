@@ -344,8 +344,13 @@ mod tests {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut request = Vec::new();
             let mut buf = [0u8; 4096];
+            // A request that never ends fails the test instead of hanging it.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while !request.ends_with(b"payload") {
-                let n = socket.read(&mut buf).await.unwrap();
+                let n = tokio::time::timeout_at(deadline, socket.read(&mut buf))
+                    .await
+                    .expect("the whole request within 10 s")
+                    .unwrap();
                 assert!(n > 0, "the request ended early");
                 request.extend_from_slice(&buf[..n]);
             }

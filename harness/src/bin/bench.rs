@@ -261,7 +261,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 #[derive(Default)]
 struct Samples {
     /// Where the CPU went during each variant that has a row for it.
-    cpu: std::collections::BTreeMap<&'static str, Vec<CpuUse>>,
+    cpu: std::collections::BTreeMap<Variant, Vec<CpuUse>>,
     backup: Vec<f64>,
     backup_rss_kib: Vec<u64>,
     ingest: Vec<f64>,
@@ -357,14 +357,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
         );
         // Garage too, when installed, so that backups and restores can be profiled by hand.
         let s3 = if mysql_agent_harness::s3::garage_binary().is_file() {
-            let root = cluster.spec().root.clone();
-            let server = mysql_agent_harness::s3::S3Server::garage(
-                &root.join("s3"),
-                std::net::Ipv4Addr::new(127, 0, 40, 250),
-                "bench",
-                &cluster.spec().agent,
-            )
-            .await?;
+            let server = start_garage(cluster).await?;
             let env: Vec<String> = server
                 .env()
                 .into_iter()
@@ -443,14 +436,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
         println!("== backups: not measured (no Garage; run scripts/setup-s3.sh)");
         None
     } else {
-        let addr = std::net::Ipv4Addr::new(127, 0, 40, 250);
-        let server = mysql_agent_harness::s3::S3Server::garage(
-            &root.join("s3"),
-            addr,
-            "bench",
-            &cluster.spec().agent,
-        )
-        .await?;
+        let server = start_garage(cluster).await?;
         let stored = root.join("stored.bin");
         let (stream, stored_bytes) = first_backup(
             &server,
@@ -487,7 +473,11 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     let agent = &cluster.spec().agent;
                     let cpu = CpuMeter::start(None);
                     let (secs, rss) = agent_clone(&primary.backup_addr(), agent, &work)?;
-                    samples.cpu.entry("clone").or_default().push(cpu.stop());
+                    samples
+                        .cpu
+                        .entry(Variant::Agent)
+                        .or_default()
+                        .push(cpu.stop());
                     samples.agent.push(secs);
                     samples.agent_rss_kib.push(rss);
                 }
@@ -530,7 +520,11 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                         primary,
                         args.compression_level,
                     )?;
-                    samples.cpu.entry("backup").or_default().push(cpu.stop());
+                    samples
+                        .cpu
+                        .entry(Variant::Backup)
+                        .or_default()
+                        .push(cpu.stop());
                     samples.backup.push(secs);
                     samples.backup_rss_kib.push(rss);
                 }
@@ -538,13 +532,21 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     let (server, stored) = s3.as_ref().expect("only with a server");
                     let cpu = CpuMeter::start(server.pid());
                     samples.ingest.push(ingest(server, stored, run).await?);
-                    samples.cpu.entry("ingest").or_default().push(cpu.stop());
+                    samples
+                        .cpu
+                        .entry(Variant::Ingest)
+                        .or_default()
+                        .push(cpu.stop());
                 }
                 Variant::Restore => {
                     let (server, _) = s3.as_ref().expect("only with a server");
                     let cpu = CpuMeter::start(server.pid());
                     let (secs, rss) = restore(server, &cluster.spec().agent, &work)?;
-                    samples.cpu.entry("restore").or_default().push(cpu.stop());
+                    samples
+                        .cpu
+                        .entry(Variant::Restore)
+                        .or_default()
+                        .push(cpu.stop());
                     samples.restore.push(secs);
                     samples.restore_rss_kib.push(rss);
                 }
@@ -578,7 +580,18 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
     )))
 }
 
-#[derive(Debug, Clone, Copy)]
+/// The benchmark's S3 server: Garage on its own loopback address, data under the root.
+async fn start_garage(cluster: &Cluster) -> Result<S3Server> {
+    S3Server::garage(
+        &cluster.spec().root.join("s3"),
+        std::net::Ipv4Addr::new(127, 0, 40, 250),
+        "bench",
+        &cluster.spec().agent,
+    )
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Variant {
     Backup,
     Ingest,
@@ -1218,7 +1231,8 @@ fn which(tool: &str) -> bool {
 #[derive(Debug, Clone, Copy)]
 struct CpuUse {
     cores_busy: f64,
-    server_cores: f64,
+    /// `None` when no S3 server took part.
+    server_cores: Option<f64>,
 }
 
 /// Counters read at a variant's start.
@@ -1246,9 +1260,9 @@ impl CpuMeter {
         };
         CpuUse {
             cores_busy: cores(busy.saturating_sub(self.busy)),
-            server_cores: self.server.map_or(0.0, |(pid, before)| {
-                cores(process_ticks(pid).saturating_sub(before))
-            }),
+            server_cores: self
+                .server
+                .map(|(pid, before)| cores(process_ticks(pid).saturating_sub(before))),
         }
     }
 }
@@ -1408,22 +1422,22 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
             ),
             {
                 let cpus = machine_ticks().2;
-                let used = |variant: &str| {
-                    let runs = s.cpu.get(variant).map_or(&[][..], Vec::as_slice);
+                let used = |variant: Variant| {
+                    let runs = s.cpu.get(&variant).map_or(&[][..], Vec::as_slice);
                     let busy = median(&runs.iter().map(|c| c.cores_busy).collect::<Vec<_>>());
-                    let server = median(&runs.iter().map(|c| c.server_cores).collect::<Vec<_>>());
-                    if variant == "clone" {
+                    let server: Vec<f64> = runs.iter().filter_map(|c| c.server_cores).collect();
+                    if server.is_empty() {
                         format!("{busy:.2}")
                     } else {
-                        format!("{busy:.2} (Garage {server:.2})")
+                        format!("{busy:.2} (Garage {:.2})", median(&server))
                     }
                 };
                 format!(
                     "| cores busy of {cpus} (all processes; the S3 server's part): backup / ingest of the stored bytes / restore / agent clone | {} / {} / {} / {} | |",
-                    used("backup"),
-                    used("ingest"),
-                    used("restore"),
-                    used("clone")
+                    used(Variant::Backup),
+                    used(Variant::Ingest),
+                    used(Variant::Restore),
+                    used(Variant::Agent)
                 )
             },
             format!(
