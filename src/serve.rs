@@ -574,11 +574,13 @@ async fn stream_backup(
     cancel: &CancellationToken,
 ) -> Result<Streamed> {
     let config = &server.config;
-    // What to expect, first: the data dir's size, for the receiver's progress lines.
+    // What to expect, first: the data dir's size without its logs, for the receiver's
+    // progress lines.
     let data_dir = config.data_dir.clone();
-    let estimated_bytes = tokio::task::spawn_blocking(move || fsutil::tree_size(&data_dir))
-        .await
-        .unwrap_or_default();
+    let estimated_bytes =
+        tokio::task::spawn_blocking(move || fsutil::backup_size_estimate(&data_dir))
+            .await
+            .unwrap_or_default();
     let info = StreamInfo { estimated_bytes }.to_chunks();
     tokio::time::timeout(config.stall_timeout, socket.write_all(&info))
         .await

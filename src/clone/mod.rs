@@ -661,10 +661,16 @@ async fn restore_attempt(
     let staging = config.data_dir.join(STAGING_DIR);
     let started = std::time::Instant::now();
     let progress = Arc::new(Progress::default());
+    // The manifest knows the stream's exact size; the estimate inside the stream is the
+    // donor's guess from its data directory when the backup was taken.
+    let stream_bytes = manifest.stream_bytes;
     let reporter = AbortOnDropHandle::new(tokio::spawn({
         let progress = Arc::clone(&progress);
         progress::report("restoring", config.progress_interval, started, move || {
-            sample(&progress)
+            Sample {
+                estimated_bytes: Some(stream_bytes),
+                ..sample(&progress)
+            }
         })
     }));
     let transfer = receive::Transfer {
