@@ -17,7 +17,12 @@
 //! - backup: `mysql-agent backup` from the primary into a real S3 server (Garage, on loopback),
 //!   against the tool into /dev/null and the server alone ingesting the same stored bytes
 //!   through the agent's upload path; restore: `clone --restore-from` into an empty data dir,
-//!   against the agent's clone from the primary; peak RSS of both.
+//!   against the agent's clone from the primary; peak RSS of both;
+//! - what the machine allows them: the backup's compression alone (the tool through the
+//!   agent's zstd into nothing), a restore from a local `file://` copy of the backup, and
+//!   the S3 server alone serving the stored bytes through the agent's download path. With
+//!   the CPU each used, these bound what two cores shared by the donor, the agent and the S3
+//!   server can do, whatever the agent does.
 
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
@@ -267,6 +272,12 @@ struct Samples {
     ingest: Vec<f64>,
     restore: Vec<f64>,
     restore_rss_kib: Vec<u64>,
+    /// The donor's tool through the agent's compressor into nothing.
+    compress: Vec<f64>,
+    /// The S3 server serving the stored bytes to the agent's download path.
+    egress: Vec<f64>,
+    /// `clone --restore-from` a `file://` copy of the backup.
+    local_restore: Vec<f64>,
     /// Stream bytes and stored bytes of the backups taken.
     backup_sizes: Option<(u64, u64)>,
     agent: Vec<f64>,
@@ -447,6 +458,14 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
         )
         .await?;
         samples.backup_sizes = Some((stream, stored_bytes));
+        let local_store = format!("file://{}", root.join("file-store").display());
+        let status = backup_command(&cluster.spec().agent, primary, args.compression_level)
+            .args(["--to", &local_store])
+            .status()?;
+        ensure!(
+            status.success(),
+            "the backup into {local_store} failed: {status}"
+        );
         println!(
             "== backups: {:.0} MiB stream stored as {:.0} MiB ({:.2}x) in Garage at {}",
             stream as f64 / MIB,
@@ -454,8 +473,15 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
             stream as f64 / stored_bytes as f64,
             server.endpoint
         );
-        variants.extend([Variant::Backup, Variant::Ingest, Variant::Restore]);
-        Some((server, stored))
+        variants.extend([
+            Variant::Backup,
+            Variant::Ingest,
+            Variant::Restore,
+            Variant::Compress,
+            Variant::Egress,
+            Variant::LocalRestore,
+        ]);
+        Some((server, stored, local_store))
     };
     if args.compare_agent.is_some() {
         variants.push(Variant::Compare);
@@ -512,7 +538,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     .push(serve_side_tls(&tls_donor, &tls_dir)?.0),
                 Variant::Direct => samples.direct.push(direct(primary, args.tool_threads)?),
                 Variant::Backup => {
-                    let (server, _) = s3.as_ref().expect("only with a server");
+                    let (server, ..) = s3.as_ref().expect("only with a server");
                     let cpu = CpuMeter::start(server.pid());
                     let (secs, rss) = backup(
                         server,
@@ -529,7 +555,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     samples.backup_rss_kib.push(rss);
                 }
                 Variant::Ingest => {
-                    let (server, stored) = s3.as_ref().expect("only with a server");
+                    let (server, stored, _) = s3.as_ref().expect("only with a server");
                     let cpu = CpuMeter::start(server.pid());
                     samples.ingest.push(ingest(server, stored, run).await?);
                     samples
@@ -539,9 +565,14 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                         .push(cpu.stop());
                 }
                 Variant::Restore => {
-                    let (server, _) = s3.as_ref().expect("only with a server");
+                    let (server, ..) = s3.as_ref().expect("only with a server");
                     let cpu = CpuMeter::start(server.pid());
-                    let (secs, rss) = restore(server, &cluster.spec().agent, &work)?;
+                    let (secs, rss) = restore(
+                        &server.url(BACKUP_PREFIX),
+                        &server.env(),
+                        &cluster.spec().agent,
+                        &work,
+                    )?;
                     samples
                         .cpu
                         .entry(Variant::Restore)
@@ -550,11 +581,52 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     samples.restore.push(secs);
                     samples.restore_rss_kib.push(rss);
                 }
+                Variant::Compress => {
+                    let cpu = CpuMeter::start(None);
+                    let level = args
+                        .compression_level
+                        .unwrap_or(mysql_agent::packing::DEFAULT_LEVEL);
+                    samples
+                        .compress
+                        .push(compress(primary, args.tool_threads, level)?);
+                    samples
+                        .cpu
+                        .entry(Variant::Compress)
+                        .or_default()
+                        .push(cpu.stop());
+                }
+                Variant::Egress => {
+                    let (server, ..) = s3.as_ref().expect("only with a server");
+                    let store = Store::open(
+                        &server.url(BACKUP_PREFIX).parse()?,
+                        &server.settings(),
+                        false,
+                    )?;
+                    let manifest = mysql_agent::catalog::choose(&store, None).await?;
+                    let cpu = CpuMeter::start(server.pid());
+                    samples.egress.push(egress(&store, &manifest).await?);
+                    samples
+                        .cpu
+                        .entry(Variant::Egress)
+                        .or_default()
+                        .push(cpu.stop());
+                }
+                Variant::LocalRestore => {
+                    let (.., local_store) = s3.as_ref().expect("only with a server");
+                    let cpu = CpuMeter::start(None);
+                    let (secs, _) = restore(local_store, &[], &cluster.spec().agent, &work)?;
+                    samples
+                        .cpu
+                        .entry(Variant::LocalRestore)
+                        .or_default()
+                        .push(cpu.stop());
+                    samples.local_restore.push(secs);
+                }
             }
             println!("   run {} {variant:?}: {:.2?}", run + 1, t.elapsed());
         }
     }
-    if let Some((server, _)) = &s3
+    if let Some((server, ..)) = &s3
         && !args.archive_load.is_zero()
     {
         samples.archive =
@@ -564,8 +636,9 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
     samples.tls_server_rss_kib = peak_rss_kib(tls_sidecar.0.id())?;
     drop(tls_sidecar);
     drop(compared);
-    if let Some((server, stored)) = s3 {
+    if let Some((server, stored, _)) = s3 {
         let _ = std::fs::remove_file(stored);
+        let _ = std::fs::remove_dir_all(root.join("file-store"));
         server.stop().await?;
     }
     for name in ["agent", "tutorial", "restore"] {
@@ -596,6 +669,9 @@ enum Variant {
     Backup,
     Ingest,
     Restore,
+    Compress,
+    Egress,
+    LocalRestore,
     Agent,
     Compare,
     CompareServe,
@@ -876,19 +952,32 @@ async fn load(primary: &Pod, size: u64) -> Result<()> {
 /// Where the benchmark's backups go in the S3 server.
 const BACKUP_PREFIX: &str = "bench";
 
-/// `mysql-agent backup` from the primary into `server`, keeping only the newest backup.
-fn backup_command(server: &S3Server, agent: &Path, primary: &Pod, level: Option<i32>) -> Command {
+/// `mysql-agent backup` from the primary, keeping only the newest backup; `--to` is the
+/// caller's.
+fn backup_command(agent: &Path, primary: &Pod, level: Option<i32>) -> Command {
     let mut cmd = Command::new(agent);
-    cmd.args(["backup", "--to", &server.url(BACKUP_PREFIX), "--donor"])
+    cmd.args(["backup", "--donor"])
         .arg(primary.backup_addr())
         .args(["--keep", "1"]);
     if let Some(level) = level {
         cmd.arg(format!("--compression-level={level}"));
     }
-    cmd.envs(server.env())
-        .env("RUST_LOG", "warn")
+    cmd.env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    cmd
+}
+
+/// [`backup_command`] into `server`.
+fn s3_backup_command(
+    server: &S3Server,
+    agent: &Path,
+    primary: &Pod,
+    level: Option<i32>,
+) -> Command {
+    let mut cmd = backup_command(agent, primary, level);
+    cmd.args(["--to", &server.url(BACKUP_PREFIX)])
+        .envs(server.env());
     cmd
 }
 
@@ -901,7 +990,7 @@ async fn first_backup(
     stored: &Path,
     level: Option<i32>,
 ) -> Result<(u64, u64)> {
-    let status = backup_command(server, agent, primary, level).status()?;
+    let status = s3_backup_command(server, agent, primary, level).status()?;
     ensure!(status.success(), "the first backup failed: {status}");
     let store = Store::open(
         &server.url(BACKUP_PREFIX).parse()?,
@@ -927,7 +1016,7 @@ fn backup(
     level: Option<i32>,
 ) -> Result<(f64, u64)> {
     let t = Instant::now();
-    let (status, rss) = run_with_peak_rss(&mut backup_command(server, agent, primary, level))?;
+    let (status, rss) = run_with_peak_rss(&mut s3_backup_command(server, agent, primary, level))?;
     ensure!(status == 0, "backup exited with {status}");
     Ok((t.elapsed().as_secs_f64(), rss))
 }
@@ -956,9 +1045,66 @@ async fn ingest(server: &S3Server, stored: &Path, run: usize) -> Result<f64> {
     Ok(secs)
 }
 
-/// `clone --restore-from` as ordinal 0 into a fresh data dir: from the store to prepared
+/// The donor's tool through the agent's own compressor (same level and threads) into
+/// nothing: what a backup costs before anything is uploaded. Seconds.
+fn compress(primary: &Pod, threads: u32, level: i32) -> Result<f64> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut tool = backup_tool(primary, threads)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the backup tool")?;
+    let mut stdout = tool.stdout.take().context("the tool's stdout")?;
+    let mut packer = mysql_agent::packing::Packer::new(std::io::sink(), level, None)?;
+    // The agent hands the compressor whole chunks of this size, not a pipe's 64 KiB reads.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match stdout.read(&mut buf[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        packer.write_all(&buf[..filled])?;
+        bytes += filled as u64;
+    }
+    packer.finish()?;
+    ensure!(tool.wait()?.success(), "the backup tool failed");
+    ensure!(bytes > 1 << 20, "the backup tool sent only {bytes} bytes");
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The S3 server alone serving a backup's stored objects through the agent's download path
+/// (the same client's GETs), drained. Seconds.
+async fn egress(store: &Store, manifest: &mysql_agent::manifest::Manifest) -> Result<f64> {
+    use futures_util::StreamExt;
+    use object_store::ObjectStoreExt;
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    for object in &manifest.objects {
+        let path = store.path(&format!("{}/{}", manifest.name, object.name));
+        let mut stream = store.objects().get(&path).await?.into_stream();
+        while let Some(chunk) = stream.next().await {
+            bytes += chunk?.len() as u64;
+        }
+    }
+    ensure!(
+        bytes == manifest.stored_bytes,
+        "served {bytes} bytes of {}",
+        manifest.stored_bytes
+    );
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// `clone --restore-from url` as ordinal 0 into a fresh data dir: from the store to prepared
 /// data in place. Seconds and peak RSS.
-fn restore(server: &S3Server, agent: &Path, work: &Path) -> Result<(f64, u64)> {
+fn restore(url: &str, env: &[(String, String)], agent: &Path, work: &Path) -> Result<(f64, u64)> {
     let target = fresh(work, "restore")?;
     let t = Instant::now();
     let mut cmd = Command::new(agent);
@@ -973,10 +1119,10 @@ fn restore(server: &S3Server, agent: &Path, work: &Path) -> Result<(f64, u64)> {
         "1",
     ])
     .arg("--restore-from")
-    .arg(server.url(BACKUP_PREFIX))
+    .arg(url)
     .arg("--data-dir")
     .arg(&target)
-    .envs(server.env())
+    .envs(env.iter().map(|(k, v)| (k, v)))
     .env("RUST_LOG", "warn")
     .stdout(Stdio::null())
     .stderr(Stdio::null());
@@ -1231,12 +1377,15 @@ fn which(tool: &str) -> bool {
 #[derive(Debug, Clone, Copy)]
 struct CpuUse {
     cores_busy: f64,
+    /// All processes' busy CPU time, in seconds of one core.
+    core_seconds: f64,
     /// `None` when no S3 server took part.
     server_cores: Option<f64>,
 }
 
 /// Counters read at a variant's start.
 struct CpuMeter {
+    started: Instant,
     busy: u64,
     total: u64,
     server: Option<(u32, u64)>,
@@ -1246,6 +1395,7 @@ impl CpuMeter {
     fn start(server: Option<u32>) -> Self {
         let (busy, total, _) = machine_ticks();
         Self {
+            started: Instant::now(),
             busy,
             total,
             server: server.map(|pid| (pid, process_ticks(pid))),
@@ -1258,8 +1408,10 @@ impl CpuMeter {
         let cores = |ticks: u64| {
             cpus as f64 * ticks as f64 / total.saturating_sub(self.total).max(1) as f64
         };
+        let cores_busy = cores(busy.saturating_sub(self.busy));
         CpuUse {
-            cores_busy: cores(busy.saturating_sub(self.busy)),
+            cores_busy,
+            core_seconds: cores_busy * self.started.elapsed().as_secs_f64(),
             server_cores: self
                 .server
                 .map(|(pid, before)| cores(process_ticks(pid).saturating_sub(before))),
@@ -1420,8 +1572,60 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
                 "| restore (store to prepared data in place) / agent clone | {restore:.2} s = {:.2}x | at most 1.3x |",
                 restore / agent
             ),
+        ]);
+        // What the machine allows: the work a backup cannot avoid (the tool's stream through
+        // zstd; the S3 server and client taking in the stored bytes) and a restore's (its
+        // local part, read from a file; the S3 server and client sending the stored bytes),
+        // each measured alone as all processes' CPU, then spread over every core without
+        // loss. No schedule of that work is faster, so these bound the ratios from below
+        // (the local restore also reads its file, a small overcount) whatever the agent does.
+        let cpus = machine_ticks().2;
+        let core_seconds = |variant: Variant| {
+            let runs = s.cpu.get(&variant).map_or(&[][..], Vec::as_slice);
+            median(&runs.iter().map(|c| c.core_seconds).collect::<Vec<_>>())
+        };
+        if !s.compress.is_empty() {
+            let compress = median(&s.compress);
+            let (packing, taking) = (
+                core_seconds(Variant::Compress),
+                core_seconds(Variant::Ingest),
+            );
+            let least = ((packing + taking) / cpus as f64).max(slower);
+            rows.extend([
+                format!(
+                    "| the backup's compression alone (tool through the agent's zstd into nothing) | {compress:.2} s | |"
+                ),
+                format!(
+                    "| what {cpus} cores allow a backup: CPU of the compression alone {packing:.1} s + of the ingest alone {taking:.1} s, over {cpus} cores | at least {least:.2} s: throughput at most {:.2} | |",
+                    slower / least
+                ),
+            ]);
+        }
+        if !s.local_restore.is_empty() {
+            let local = median(&s.local_restore);
+            let egress = median(&s.egress);
+            let (unpacking, serving) = (
+                core_seconds(Variant::LocalRestore),
+                core_seconds(Variant::Egress),
+            );
+            let least = (unpacking + serving) / cpus as f64;
+            rows.extend([
+                format!(
+                    "| restore from a local copy (file:// store) / agent clone | {local:.2} s = {:.2}x | |",
+                    local / agent
+                ),
+                format!(
+                    "| Garage serving the stored bytes alone (the agent's download path) | {egress:.2} s ({:.0} MiB/s stored) | |",
+                    stored as f64 / MIB / egress
+                ),
+                format!(
+                    "| what {cpus} cores allow a restore: CPU of the local restore {unpacking:.1} s + of the serving alone {serving:.1} s, over {cpus} cores | at least {least:.2} s = {:.2}x the agent clone | |",
+                    least / agent
+                ),
+            ]);
+        }
+        rows.extend([
             {
-                let cpus = machine_ticks().2;
                 let used = |variant: Variant| {
                     let runs = s.cpu.get(&variant).map_or(&[][..], Vec::as_slice);
                     let busy = median(&runs.iter().map(|c| c.cores_busy).collect::<Vec<_>>());
@@ -1433,10 +1637,13 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
                     }
                 };
                 format!(
-                    "| cores busy of {cpus} (all processes; the S3 server's part): backup / ingest of the stored bytes / restore / agent clone | {} / {} / {} / {} | |",
+                    "| cores busy of {cpus} (all processes; the S3 server's part): backup / compression alone / ingest alone / restore / local restore / serving alone / agent clone | {} / {} / {} / {} / {} / {} / {} | |",
                     used(Variant::Backup),
+                    used(Variant::Compress),
                     used(Variant::Ingest),
                     used(Variant::Restore),
+                    used(Variant::LocalRestore),
+                    used(Variant::Egress),
                     used(Variant::Agent)
                 )
             },
@@ -1520,7 +1727,7 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
     }
     let _ = writeln!(
         out,
-        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}, compared serve {:?}, backup {:?}, ingest {:?}, restore {:?}, tls {:?}, tls serve {:?}",
+        "\nRaw seconds: agent {:?}, tutorial {:?}, floor stream {:?}, serve {:?}, direct {:?}, compared {:?}, compared serve {:?}, backup {:?}, ingest {:?}, restore {:?}, compression alone {:?}, serving alone {:?}, local restore {:?}, tls {:?}, tls serve {:?}",
         rounded(&s.agent),
         rounded(&s.tutorial),
         rounded(&s.floor_stream),
@@ -1531,6 +1738,9 @@ fn report(s: &Samples, tables: u64, targets: &str, server_rss_kib: u64, args: &A
         rounded(&s.backup),
         rounded(&s.ingest),
         rounded(&s.restore),
+        rounded(&s.compress),
+        rounded(&s.egress),
+        rounded(&s.local_restore),
         rounded(&s.tls),
         rounded(&s.tls_serve)
     );
