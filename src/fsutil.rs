@@ -120,21 +120,26 @@ pub fn backup_size_estimate(data_dir: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(data_dir) else {
         return 0;
     };
-    let files: Vec<(String, u64)> = entries
-        .flatten()
-        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
-        .map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            (name, entry.metadata().map_or(0, |m| m.len()))
-        })
-        .collect();
-    let names: std::collections::HashSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-    let logs: u64 = files
+    let mut names = Vec::new();
+    let mut files = Vec::new();
+    let mut size = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => size += tree_size(&entry.path()),
+            Ok(t) if t.is_file() => {
+                files.push((names.len(), entry.metadata().map_or(0, |m| m.len())))
+            }
+            _ => {}
+        }
+        names.push(name);
+    }
+    let index: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    size + files
         .iter()
-        .filter(|(name, _)| is_numbered_log(name, &names))
+        .filter(|(at, _)| !is_numbered_log(&names[*at], &index))
         .map(|(_, len)| len)
-        .sum();
-    tree_size(data_dir).saturating_sub(logs)
+        .sum::<u64>()
 }
 
 /// Whether `name` is `STEM.DIGITS` with a `STEM.index` among `names`.

@@ -298,6 +298,13 @@ struct Samples {
     archive: Option<ArchiveLag>,
 }
 
+impl Samples {
+    /// Adds what a meter started before one run of `variant` saw.
+    fn record_cpu(&mut self, variant: Variant, cpu: CpuMeter) {
+        self.cpu.entry(variant).or_default().push(cpu.stop());
+    }
+}
+
 /// The binary log archive under a write load.
 struct ArchiveLag {
     load: Duration,
@@ -499,11 +506,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     let agent = &cluster.spec().agent;
                     let cpu = CpuMeter::start(None);
                     let (secs, rss) = agent_clone(&primary.backup_addr(), agent, &work)?;
-                    samples
-                        .cpu
-                        .entry(Variant::Agent)
-                        .or_default()
-                        .push(cpu.stop());
+                    samples.record_cpu(Variant::Agent, cpu);
                     samples.agent.push(secs);
                     samples.agent_rss_kib.push(rss);
                 }
@@ -546,11 +549,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                         primary,
                         args.compression_level,
                     )?;
-                    samples
-                        .cpu
-                        .entry(Variant::Backup)
-                        .or_default()
-                        .push(cpu.stop());
+                    samples.record_cpu(Variant::Backup, cpu);
                     samples.backup.push(secs);
                     samples.backup_rss_kib.push(rss);
                 }
@@ -558,11 +557,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     let (server, stored, _) = s3.as_ref().expect("only with a server");
                     let cpu = CpuMeter::start(server.pid());
                     samples.ingest.push(ingest(server, stored, run).await?);
-                    samples
-                        .cpu
-                        .entry(Variant::Ingest)
-                        .or_default()
-                        .push(cpu.stop());
+                    samples.record_cpu(Variant::Ingest, cpu);
                 }
                 Variant::Restore => {
                     let (server, ..) = s3.as_ref().expect("only with a server");
@@ -573,11 +568,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                         &cluster.spec().agent,
                         &work,
                     )?;
-                    samples
-                        .cpu
-                        .entry(Variant::Restore)
-                        .or_default()
-                        .push(cpu.stop());
+                    samples.record_cpu(Variant::Restore, cpu);
                     samples.restore.push(secs);
                     samples.restore_rss_kib.push(rss);
                 }
@@ -589,11 +580,7 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     samples
                         .compress
                         .push(compress(primary, args.tool_threads, level)?);
-                    samples
-                        .cpu
-                        .entry(Variant::Compress)
-                        .or_default()
-                        .push(cpu.stop());
+                    samples.record_cpu(Variant::Compress, cpu);
                 }
                 Variant::Egress => {
                     let (server, ..) = s3.as_ref().expect("only with a server");
@@ -605,21 +592,13 @@ async fn bench(cluster: &mut Cluster, args: &Args) -> Result<Option<String>> {
                     let manifest = mysql_agent::catalog::choose(&store, None).await?;
                     let cpu = CpuMeter::start(server.pid());
                     samples.egress.push(egress(&store, &manifest).await?);
-                    samples
-                        .cpu
-                        .entry(Variant::Egress)
-                        .or_default()
-                        .push(cpu.stop());
+                    samples.record_cpu(Variant::Egress, cpu);
                 }
                 Variant::LocalRestore => {
                     let (.., local_store) = s3.as_ref().expect("only with a server");
                     let cpu = CpuMeter::start(None);
                     let (secs, _) = restore(local_store, &[], &cluster.spec().agent, &work)?;
-                    samples
-                        .cpu
-                        .entry(Variant::LocalRestore)
-                        .or_default()
-                        .push(cpu.stop());
+                    samples.record_cpu(Variant::LocalRestore, cpu);
                     samples.local_restore.push(secs);
                 }
             }
